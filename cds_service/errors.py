@@ -1,0 +1,128 @@
+"""One exception family for everything a caller can get wrong or the service cannot do.
+
+Each error carries its HTTP status and FHIR issue code, and renders as an OperationOutcome (the
+body CDS Hooks 3.0 recommends for non-2xx answers). `expression` names the offending field as a
+dotted path into the request body (e.g. ``context.draftOrders.entry[0].resource.status``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Issue:
+    diagnostics: str
+    expression: tuple[str, ...] = ()
+    code: str | None = None  # overrides the error's code for this issue
+    severity: str = "error"
+
+
+class CdsError(Exception):
+    """Base of the family. Subclasses fix `status` and `code`."""
+
+    status: int = 500
+    code: str = "exception"  # http://hl7.org/fhir/issue-type
+
+    def __init__(self, diagnostics: str, *, expression: str | list[str] | tuple[str, ...] | None = None,
+                 issues: list[Issue] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        if isinstance(expression, str):
+            expression = (expression,)
+        self.issues: list[Issue] = list(issues) if issues else [Issue(diagnostics, tuple(expression or ()))]
+        self.headers = headers or {}
+
+    def to_operation_outcome(self) -> dict:
+        out = []
+        for issue in self.issues:
+            entry = {"severity": issue.severity, "code": issue.code or self.code,
+                     "diagnostics": issue.diagnostics}
+            if issue.expression:
+                entry["expression"] = list(issue.expression)
+            out.append(entry)
+        return {"resourceType": "OperationOutcome", "issue": out}
+
+
+class InvalidRequest(CdsError):
+    status, code = 400, "invalid"
+
+
+class Unauthorized(CdsError):
+    status, code = 401, "login"
+
+    def __init__(self, diagnostics: str, **kw):
+        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="cds-services"'})
+        super().__init__(diagnostics, **kw)
+
+
+class Forbidden(CdsError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(CdsError):
+    status, code = 404, "not-found"
+
+
+class UnknownService(NotFound):
+    pass
+
+
+class MethodNotAllowed(CdsError):
+    status, code = 405, "not-supported"
+
+
+class PrefetchUnavailable(CdsError):
+    """Data the service requires could not be had from prefetch or the FHIR server (spec: 412)."""
+
+    status, code = 412, "processing"
+
+
+class PayloadTooLarge(CdsError):
+    status, code = 413, "too-costly"
+
+
+class UnsupportedMediaType(CdsError):
+    status, code = 415, "not-supported"
+
+
+class ServiceUnavailable(CdsError):
+    """The service is not ready (e.g. content failed to load). Used by /readyz only."""
+
+    status, code = 503, "transient"
+
+
+class ContentError(Exception):
+    """A hook, rule or terminology file is invalid. Raised at start-up, never on a request."""
+
+    def __init__(self, path: str, field_path: str, message: str):
+        self.path, self.field_path, self.message = path, field_path, message
+        super().__init__(f"{path}: {field_path or '<root>'}: {message}")
+
+
+@dataclass
+class FieldErrors:
+    """Collects marshmallow-style nested messages into flat (path, message) issues."""
+
+    prefix: str = ""
+    issues: list[Issue] = field(default_factory=list)
+
+    def add_messages(self, messages, path: str | None = None) -> "FieldErrors":
+        base = self.prefix if path is None else path
+        if isinstance(messages, dict):
+            for key, value in messages.items():
+                if key == "_schema":
+                    self.add_messages(value, base)
+                    continue
+                child = f"{base}[{key}]" if isinstance(key, int) else (f"{base}.{key}" if base else str(key))
+                self.add_messages(value, child)
+        elif isinstance(messages, (list, tuple)):
+            if all(isinstance(m, str) for m in messages):
+                for m in messages:
+                    self.issues.append(Issue(f"{base or 'body'}: {m}", (base,) if base else ()))
+            else:
+                for m in messages:
+                    self.add_messages(m, base)
+        else:
+            self.issues.append(Issue(f"{base or 'body'}: {messages}", (base,) if base else ()))
+        return self
