@@ -1,0 +1,481 @@
+"""One normalised view of the patient, built once per hook call from the FHIR resources it brought.
+
+Rules read facts, never raw FHIR: age and sex; medications (active orders and statements, the draft
+orders of this call, and past orders) with their ingredients and drug classes resolved through
+``fhir/terminology``; allergies; conditions; observations (labs, scores) with values and dates;
+encounters, procedures, care plans, service requests. Everything here is a pure function of
+(resources, draft orders, today, terminology).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Iterable
+
+from .terminology import Terminology, normalise_system
+
+ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
+NOT_TRUE = {"refuted", "entered-in-error"}
+ACTIVE_ORDER_INTENTS = {"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"}
+UNUSABLE_OBSERVATION = {"cancelled", "entered-in-error", "registered"}
+
+Codings = tuple[tuple[str, str], ...]
+
+
+# ----------------------------------------------------------------------------------------------
+# Small parsers
+# ----------------------------------------------------------------------------------------------
+
+def parse_datetime(value) -> datetime | None:
+    """FHIR date / dateTime / instant -> aware datetime (UTC when no offset; partial dates -> first day)."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            return datetime(int(text), 1, 1, tzinfo=timezone.utc)
+        if len(text) == 7:
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def codings_of(concept) -> Codings:
+    if not isinstance(concept, dict):
+        return ()
+    return tuple((normalise_system(c.get("system")), str(c.get("code")))
+                 for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code"))
+
+
+def texts_of(concept) -> list[str]:
+    if not isinstance(concept, dict):
+        return []
+    out = [concept.get("text")] + [c.get("display") for c in concept.get("coding") or [] if isinstance(c, dict)]
+    return [t for t in out if isinstance(t, str) and t]
+
+
+def name_of(concept, fallback: str = "unnamed") -> str:
+    texts = texts_of(concept)
+    return texts[0] if texts else fallback
+
+
+def _duration_days(quantity) -> float | None:
+    if not isinstance(quantity, dict) or quantity.get("value") is None:
+        return None
+    unit = (quantity.get("code") or quantity.get("unit") or "d").lower()
+    factor = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30,
+              "a": 365, "year": 365, "years": 365, "h": 1 / 24, "hour": 1 / 24, "hours": 1 / 24}.get(unit)
+    return float(quantity["value"]) * factor if factor is not None else None
+
+
+_PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
+
+
+def doses_per_day(dosage: dict) -> float | None:
+    repeat = ((dosage.get("timing") or {}).get("repeat") or {})
+    frequency = repeat.get("frequencyMax") or repeat.get("frequency")
+    period, unit = repeat.get("period"), repeat.get("periodUnit")
+    if frequency and period and unit in _PERIOD_DAYS:
+        return float(frequency) / (float(period) * _PERIOD_DAYS[unit])
+    if repeat.get("timeOfDay"):
+        return float(len(repeat["timeOfDay"]))
+    return None
+
+
+def dose_of(dosage: dict) -> tuple[float | None, str | None]:
+    for dr in dosage.get("doseAndRate") or []:
+        type_text = ((dr.get("type") or {}).get("text") or "ordered").lower()
+        if type_text != "ordered" and len(dosage.get("doseAndRate")) > 1:
+            continue
+        quantity = dr.get("doseQuantity") or (dr.get("doseRange") or {}).get("high")
+        if isinstance(quantity, dict) and quantity.get("value") is not None:
+            return float(quantity["value"]), (quantity.get("code") or quantity.get("unit"))
+    return None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Fact types
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Medication:
+    """A medication order or statement (active, draft or past), normalised."""
+
+    resource_type: str
+    id: str
+    name: str
+    codes: Codings
+    ingredients: frozenset[str]
+    classes: frozenset[str]
+    status: str
+    intent: str | None
+    categories: frozenset[str]
+    authored: datetime | None
+    is_draft: bool
+    supply_days: float | None = None        # dispenseRequest.expectedSupplyDuration
+    validity_days: float | None = None      # dispenseRequest.validityPeriod length
+    validity_start: datetime | None = None
+    validity_end: datetime | None = None
+    doses_per_day: float | None = None
+    dose_value: float | None = None
+    dose_unit: str | None = None
+    requester: str | None = None
+    mme_per_day: float | None = None        # filled for opioids (see mme.py)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+    @property
+    def is_active(self) -> bool:
+        if self.is_draft:
+            return False
+        if self.resource_type == "MedicationStatement":
+            return self.status in ("active", "intended")
+        return self.status == "active" and (self.intent or "order") in ACTIVE_ORDER_INTENTS
+
+    @property
+    def days_supplied(self) -> float | None:
+        return self.supply_days if self.supply_days is not None else self.validity_days
+
+
+@dataclass(frozen=True)
+class Observation:
+    id: str
+    name: str
+    codes: Codings
+    value: float | None
+    unit: str | None
+    value_codes: Codings
+    value_text: str | None
+    interpretation: Codings
+    when: datetime | None
+    status: str
+    categories: frozenset[str]
+    component_of: str | None = None  # parent Observation id when flattened from a component
+
+    @property
+    def ref(self) -> str:
+        return f"Observation/{self.component_of or self.id}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    id: str
+    name: str
+    codes: Codings
+    active: bool
+    categories: frozenset[str]
+    onset: datetime | None
+    recorded: datetime | None
+    abated: datetime | None
+
+    @property
+    def ref(self) -> str:
+        return f"Condition/{self.id}"
+
+    @property
+    def when(self) -> datetime | None:
+        return self.recorded or self.onset
+
+
+@dataclass(frozen=True)
+class Allergy:
+    id: str
+    name: str
+    codes: Codings
+    ingredients: frozenset[str]
+    classes: frozenset[str]       # drug classes named by the allergy ("Penicillins") or its ingredients'
+    named_classes: frozenset[str]  # only the classes named by the allergy text itself
+    active: bool
+    criticality: str | None
+    categories: frozenset[str]
+
+    @property
+    def ref(self) -> str:
+        return f"AllergyIntolerance/{self.id}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Encounter, Procedure, CarePlan, ServiceRequest, DiagnosticReport ...: a coded, dated event."""
+
+    resource_type: str
+    id: str
+    name: str
+    codes: Codings
+    status: str | None
+    when: datetime | None
+    end: datetime | None
+    categories: Codings
+    people: frozenset[str]   # practitioner references (performer, author, requester, participant)
+    extra_codes: Codings     # Encounter: discharge disposition, class; CarePlan: none
+
+    @property
+    def ref(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+@dataclass(frozen=True)
+class Facts:
+    today: date
+    now: datetime
+    patient_id: str
+    user_id: str | None
+    birth_date: date | None
+    sex: str | None
+    medications: tuple[Medication, ...]      # all non-draft medication orders/statements
+    draft_orders: tuple[Medication, ...]     # this call's draft medication orders
+    other_draft_orders: tuple[Event, ...]    # draft non-medication orders (ServiceRequest ...)
+    allergies: tuple[Allergy, ...]
+    conditions: tuple[Condition, ...]
+    observations: tuple[Observation, ...]    # newest first
+    events: tuple[Event, ...]
+    unavailable: frozenset[str] = frozenset()  # resource types that could not be had (policy: skip)
+    derived: dict = field(default_factory=dict, compare=False)  # lazily computed (eGFR, MME totals)
+
+    @property
+    def age(self) -> int | None:
+        if self.birth_date is None:
+            return None
+        years = self.today.year - self.birth_date.year
+        if (self.today.month, self.today.day) < (self.birth_date.month, self.birth_date.day):
+            years -= 1
+        return years
+
+    @property
+    def active_medications(self) -> tuple[Medication, ...]:
+        return tuple(m for m in self.medications if m.is_active)
+
+    def days_ago(self, when: datetime | None) -> float | None:
+        if when is None:
+            return None
+        return (self.now - when).total_seconds() / 86400.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Builder
+# ----------------------------------------------------------------------------------------------
+
+def _num(value) -> float | None:
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class FactsBuilder:
+    """Builds Facts. Holds only start-up state (terminology, MME calculator)."""
+
+    def __init__(self, terminology: Terminology, mme_calculator=None):
+        self.terminology = terminology
+        self.mme = mme_calculator
+
+    def build(self, resources: Iterable[dict], *, patient_id: str, draft_orders: Iterable[dict] = (),
+              today: date | None = None, now: datetime | None = None, user_id: str | None = None,
+              unavailable: frozenset[str] = frozenset()) -> Facts:
+        now = now or datetime.now(timezone.utc)
+        today = today or now.date()
+        if now.date() != today:  # a fixed "today" (rule tests, replays): noon keeps day arithmetic whole
+            now = datetime(today.year, today.month, today.day, 12, tzinfo=timezone.utc)
+        resources = [r for r in resources if isinstance(r, dict)]
+        drafts = [r for r in draft_orders if isinstance(r, dict)]
+        medication_index = {f"Medication/{r.get('id')}": r for r in resources + drafts
+                            if r.get("resourceType") == "Medication" and r.get("id")}
+        draft_ids = {(r.get("resourceType"), r.get("id")) for r in drafts}
+
+        birth, sex = None, None
+        meds: dict[str, Medication] = {}
+        allergies, conditions, observations, events = [], [], [], []
+        for r in resources:
+            rtype = r.get("resourceType")
+            if rtype == "Patient":
+                if r.get("id") in (None, patient_id):
+                    born = parse_datetime(r.get("birthDate"))
+                    birth = born.date() if born else None
+                    sex = r.get("gender")
+            elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationDispense"):
+                if (rtype, r.get("id")) in draft_ids:
+                    continue  # the EHR may already list the draft among the patient's orders
+                med = self._medication(r, medication_index, is_draft=False)
+                meds.setdefault(med.ref, med)
+            elif rtype == "AllergyIntolerance":
+                allergies.append(self._allergy(r))
+            elif rtype == "Condition":
+                conditions.append(self._condition(r))
+            elif rtype == "Observation":
+                observations.extend(self._observations(r))
+            elif rtype in ("Encounter", "Procedure", "CarePlan", "ServiceRequest", "DiagnosticReport",
+                           "Immunization", "Communication"):
+                events.append(self._event(r))
+        draft_meds, draft_other = [], []
+        for r in drafts:
+            if r.get("resourceType") in ("MedicationRequest", "MedicationStatement"):
+                draft_meds.append(self._medication(r, medication_index, is_draft=True))
+            elif r.get("resourceType") not in ("Medication",):
+                draft_other.append(self._event(r))
+        observations.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
+        return Facts(today=today, now=now, patient_id=patient_id, user_id=user_id, birth_date=birth, sex=sex,
+                     medications=tuple(meds.values()), draft_orders=tuple(draft_meds),
+                     other_draft_orders=tuple(draft_other), allergies=tuple(allergies),
+                     conditions=tuple(conditions), observations=tuple(observations), events=tuple(events),
+                     unavailable=unavailable)
+
+    # -- medications ---------------------------------------------------------------------------
+    def _medication(self, r: dict, medication_index: dict, *, is_draft: bool) -> Medication:
+        concept = r.get("medicationCodeableConcept")
+        ref = (r.get("medicationReference") or {}).get("reference")
+        if concept is None and isinstance(ref, str):
+            target = None
+            if ref.startswith("#"):
+                target = next((c for c in r.get("contained") or [] if c.get("id") == ref[1:]), None)
+            else:
+                target = medication_index.get(ref) or medication_index.get("Medication/" + ref.rsplit("/", 1)[-1])
+            concept = (target or {}).get("code")
+            if concept is None and (r.get("medicationReference") or {}).get("display"):
+                concept = {"text": r["medicationReference"]["display"]}
+        codes = codings_of(concept)
+        texts = texts_of(concept)
+        ingredients = self.terminology.ingredients(list(codes), texts)
+        dosage = (r.get("dosageInstruction") or r.get("dosage") or [{}])
+        dosage = dosage[0] if dosage and isinstance(dosage[0], dict) else {}
+        dispense = r.get("dispenseRequest") or {}
+        validity = dispense.get("validityPeriod") or {}
+        v_start, v_end = parse_datetime(validity.get("start")), parse_datetime(validity.get("end"))
+        validity_days = (v_end - v_start).total_seconds() / 86400 if v_start and v_end else None
+        supply = _duration_days(dispense.get("expectedSupplyDuration")) or _duration_days(r.get("daysSupply"))
+        dose_value, dose_unit = dose_of(dosage)
+        authored = parse_datetime(r.get("authoredOn") or r.get("dateAsserted") or r.get("whenHandedOver")
+                                  or (r.get("effectivePeriod") or {}).get("start") or r.get("effectiveDateTime"))
+        categories = frozenset(c for cat in (r.get("category") if isinstance(r.get("category"), list)
+                                             else [r.get("category")] if r.get("category") else [])
+                               for _, c in codings_of(cat))
+        requester = (r.get("requester") or r.get("recorder") or {}).get("reference")
+        status = r.get("status") or "unknown"
+        if r.get("resourceType") == "MedicationDispense":
+            status = "dispensed" if status == "completed" else status
+        med = Medication(
+            resource_type=r.get("resourceType"), id=str(r.get("id") or "unidentified"), name=name_of(concept),
+            codes=codes, ingredients=ingredients, classes=self.terminology.drug_classes(ingredients),
+            status=status, intent=r.get("intent"), categories=categories, authored=authored, is_draft=is_draft,
+            supply_days=supply, validity_days=validity_days, validity_start=v_start, validity_end=v_end,
+            doses_per_day=doses_per_day(dosage), dose_value=dose_value, dose_unit=dose_unit, requester=requester)
+        if self.mme is not None:
+            mme = self.mme.daily_mme(med)
+            if mme is not None:
+                med = replace(med, mme_per_day=mme)
+        return med
+
+    # -- allergies, conditions -----------------------------------------------------------------
+    def _allergy(self, r: dict) -> Allergy:
+        concept = r.get("code") or {}
+        texts = texts_of(concept) + [t for reaction in r.get("reaction") or []
+                                     for t in texts_of(reaction.get("substance"))]
+        codes = codings_of(concept)
+        ingredients = self.terminology.ingredients(list(codes), texts)
+        named = self.terminology.named_classes(texts)
+        clinical = {c for _, c in codings_of(r.get("clinicalStatus"))}
+        verification = {c for _, c in codings_of(r.get("verificationStatus"))}
+        active = (not clinical or "active" in clinical) and not (verification & NOT_TRUE)
+        return Allergy(id=str(r.get("id") or "unidentified"), name=name_of(concept), codes=codes,
+                       ingredients=ingredients, classes=named | self.terminology.drug_classes(ingredients),
+                       named_classes=named, active=active, criticality=r.get("criticality"),
+                       categories=frozenset(r.get("category") or []))
+
+    def _condition(self, r: dict) -> Condition:
+        clinical = {c for _, c in codings_of(r.get("clinicalStatus"))}
+        verification = {c for _, c in codings_of(r.get("verificationStatus"))}
+        abated = parse_datetime(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end"))
+        if clinical:
+            active = bool(clinical & ACTIVE_CONDITION)
+        else:
+            active = abated is None
+        active = active and not (verification & NOT_TRUE)
+        categories = frozenset(c for cat in r.get("category") or [] for _, c in codings_of(cat))
+        return Condition(id=str(r.get("id") or "unidentified"), name=name_of(r.get("code")),
+                         codes=codings_of(r.get("code")), active=active, categories=categories,
+                         onset=parse_datetime(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start")),
+                         recorded=parse_datetime(r.get("recordedDate")), abated=abated)
+
+    # -- observations --------------------------------------------------------------------------
+    def _observations(self, r: dict) -> list[Observation]:
+        status = r.get("status") or "unknown"
+        if status in UNUSABLE_OBSERVATION:
+            return []
+        when = parse_datetime(r.get("effectiveDateTime") or r.get("effectiveInstant")
+                              or (r.get("effectivePeriod") or {}).get("end")
+                              or (r.get("effectivePeriod") or {}).get("start") or r.get("issued"))
+        categories = frozenset(c for cat in r.get("category") or [] for _, c in codings_of(cat))
+        rid = str(r.get("id") or "unidentified")
+        out = [self._observation(r, rid, when, status, categories, None)]
+        for i, component in enumerate(r.get("component") or []):
+            out.append(self._observation(component, f"{rid}#{i}", when, status, categories, rid))
+        return out
+
+    @staticmethod
+    def _observation(r: dict, rid: str, when, status, categories, parent) -> Observation:
+        quantity = r.get("valueQuantity") or {}
+        value = _num(quantity.get("value"))
+        if value is None:
+            value = _num(r.get("valueInteger"))
+        if value is None and isinstance(r.get("valueDecimal"), (int, float, Decimal)):
+            value = float(r["valueDecimal"])
+        interpretation = tuple(c for concept in r.get("interpretation") or [] for c in codings_of(concept))
+        return Observation(id=rid, name=name_of(r.get("code")), codes=codings_of(r.get("code")), value=value,
+                           unit=quantity.get("code") or quantity.get("unit"),
+                           value_codes=codings_of(r.get("valueCodeableConcept")),
+                           value_text=r.get("valueString") if isinstance(r.get("valueString"), str) else None,
+                           interpretation=interpretation, when=when, status=status, categories=categories,
+                           component_of=parent)
+
+    # -- events --------------------------------------------------------------------------------
+    @staticmethod
+    def _event(r: dict) -> Event:
+        rtype = r.get("resourceType")
+        concept = r.get("code")
+        codes = codings_of(concept)
+        if rtype == "Encounter":
+            concept = (r.get("type") or [None])[0]
+            codes = tuple(c for t in r.get("type") or [] for c in codings_of(t))
+        categories = tuple(c for cat in (r.get("category") or []) for c in codings_of(cat)) \
+            if isinstance(r.get("category"), list) else codings_of(r.get("category"))
+        period = r.get("period") or r.get("performedPeriod") or r.get("occurrencePeriod") or {}
+        when = parse_datetime(r.get("performedDateTime") or r.get("occurrenceDateTime") or r.get("authoredOn")
+                              or r.get("created") or r.get("effectiveDateTime") or r.get("sent")
+                              or period.get("start"))
+        end = parse_datetime(period.get("end"))
+        people = set()
+        for key in ("performer", "author", "requester", "recorder", "asserter"):
+            value = r.get(key)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    ref = item.get("reference") or (item.get("actor") or {}).get("reference")
+                    if ref:
+                        people.add(ref)
+        for participant in r.get("participant") or []:
+            ref = (participant.get("individual") or {}).get("reference")
+            if ref:
+                people.add(ref)
+        extra: tuple = ()
+        if rtype == "Encounter":
+            extra = codings_of((r.get("hospitalization") or {}).get("dischargeDisposition"))
+            cls = r.get("class")
+            if isinstance(cls, dict) and cls.get("code"):
+                extra += ((normalise_system(cls.get("system")), cls["code"]),)
+        return Event(resource_type=rtype, id=str(r.get("id") or "unidentified"),
+                     name=name_of(concept, rtype),
+                     codes=codes, status=r.get("status"), when=when, end=end, categories=categories,
+                     people=frozenset(people), extra_codes=extra)
+
+
+def within_days(facts: Facts, when: datetime | None, days: float) -> bool:
+    """`when` lies in the last `days` days (a date-only value up to a day ahead counts as today)."""
+    if when is None:
+        return False
+    age = facts.now - when
+    return timedelta(days=-1) <= age <= timedelta(days=days)
