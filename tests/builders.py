@@ -1,0 +1,57 @@
+"""Hook requests for tests, built from the same compact case format the rule files use."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+
+from cds_service.rule_cases import PATIENT_ID, USER, CaseBuilder
+
+ORDER_SIGN_SERVICE = "medication-order-check"
+PATIENT_VIEW_SERVICE = "patient-chart-review"
+
+
+def searchset(resources: list[dict]) -> dict:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+
+
+def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergies", "conditions", "labs"),
+               today: date | None = None, **envelope) -> dict:
+    resources, drafts = CaseBuilder(today or date.today()).build(case)
+    by_type: dict[str, list[dict]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    full = {
+        "patient": by_type["Patient"][0],
+        "medications": searchset(by_type.get("MedicationRequest", [])),
+        "allergies": searchset(by_type.get("AllergyIntolerance", [])),
+        "conditions": searchset(by_type.get("Condition", [])),
+        "labs": searchset(by_type.get("Observation", [])),
+    }
+    body = {
+        "hook": "order-sign", "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": USER, "patientId": PATIENT_ID,
+                    "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                                    "entry": [{"resource": d} for d in drafts]}},
+        "prefetch": {k: full[k] for k in prefetch_keys},
+    }
+    body.update(envelope)
+    return body
+
+
+def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "conditions", "observations"),
+                 today: date | None = None, **envelope) -> dict:
+    resources, _ = CaseBuilder(today or date.today()).build(case)
+    by_type: dict[str, list[dict]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    full = {
+        "patient": by_type["Patient"][0],
+        "medications": searchset(by_type.get("MedicationRequest", [])),
+        "conditions": searchset(by_type.get("Condition", [])),
+        "observations": searchset(by_type.get("Observation", [])),
+    }
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": USER, "patientId": PATIENT_ID}, "prefetch": {k: full[k] for k in prefetch_keys}}
+    body.update(envelope)
+    return body

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cds_service.app import create_app
+
+from fhir_fake import FakeFhirServer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path):
+    """A developer's CDS_* variables must not leak into tests; state goes to a temp folder."""
+    for key in list(os.environ):
+        if key.startswith("CDS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    apps = []
+
+    def factory(**overrides):
+        config = {"CDS_DATA_DIR": str(tmp_path / "data"), "CDS_LLM": "off", **overrides}
+        app = create_app(config)
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["cds_runtime"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def fake_fhir():
+    server = FakeFhirServer().start()
+    yield server
+    server.stop()
+
+
+def load_fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())

@@ -1,0 +1,105 @@
+"""One error shape on every error path: an OperationOutcome naming the problem, never a 5xx for input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import builders
+
+SERVICE = "/cds-services/medication-order-check"
+
+
+def assert_outcome(response, status):
+    assert response.status_code == status, response.data[:500]
+    assert response.mimetype == "application/fhir+json"
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"] and all(i["severity"] in ("error", "fatal") and i["code"] and i["diagnostics"]
+                                 for i in body["issue"])
+    return body
+
+
+def test_400_invalid_json(client):
+    assert_outcome(client.post(SERVICE, data="{not json", content_type="application/json"), 400)
+
+
+def test_400_body_not_an_object(client):
+    body = assert_outcome(client.post(SERVICE, json=[1, 2]), 400)
+    assert body["issue"][0]["expression"] == ["body"]
+
+
+def test_401_when_clients_are_configured(make_app, tmp_path):
+    clients = tmp_path / "clients.json"
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+    jwk = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    clients.write_text(json.dumps({"clients": [{"iss": "https://ehr.test", "jwks": {"keys": [{**jwk, "kid": "k"}]}}]}))
+    client = make_app(CDS_CLIENTS=str(clients)).test_client()
+    response = client.post(SERVICE, json={})
+    assert_outcome(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path", ["/cds-services/nope", "/cds-services/nope/feedback", "/nothing-here"])
+def test_404(client, path):
+    assert_outcome(client.post(path, json={}), 404)
+
+
+def test_405_names_allowed_methods(client):
+    response = client.delete("/cds-services")
+    assert_outcome(response, 405)
+    assert "GET" in response.headers["Allow"]
+
+
+def test_412(client):
+    body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]}, prefetch_keys=())
+    assert_outcome(client.post(SERVICE, json=body), 412)
+
+
+def test_413_request_too_large(make_app):
+    client = make_app(CDS_MAX_REQUEST_BYTES="2000").test_client()
+    body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"] * 20})
+    assert_outcome(client.post(SERVICE, json=body), 413)
+
+
+def test_415_not_json(client):
+    assert_outcome(client.post(SERVICE, data="hook=order-sign", content_type="application/x-www-form-urlencoded"), 415)
+
+
+def test_400_invalid_resource_names_resource_and_field(client):
+    body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
+    body["prefetch"]["patient"]["birthDate"] = "not-a-date"
+    out = assert_outcome(client.post(SERVICE, json=body), 400)
+    assert out["issue"][0]["expression"] == ["prefetch.patient.birthDate"]
+
+
+def test_400_wrong_patient_in_prefetch(client):
+    body = builders.order_sign({"medications": ["Ibuprofen 200 MG Oral Tablet"],
+                                "draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
+    body["prefetch"]["medications"]["entry"][0]["resource"]["subject"]["reference"] = "Patient/someone-else"
+    out = assert_outcome(client.post(SERVICE, json=body), 400)
+    assert out["issue"][0]["expression"] == ["prefetch.medications.subject.reference"]
+
+
+@pytest.mark.parametrize("payload", [
+    None, 0, "x", [], {}, {"hook": None}, {"hook": 5}, {"hook": "order-sign", "context": []},
+    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11", "context": {}},
+    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
+     "context": {"userId": "Practitioner/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle",
+                                                                             "entry": [{"resource": 5}, 7]}}},
+    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
+     "context": {"userId": "Practitioner/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle", "entry": [
+         {"resource": {"resourceType": "NoSuchType"}}]}}},
+    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11", "prefetch": {"a": [1]},
+     "context": {"userId": "Practitioner/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle"}}},
+])
+def test_malformed_input_is_4xx_never_5xx(client, payload):
+    response = client.post(SERVICE, data=json.dumps(payload), content_type="application/json")
+    assert 400 <= response.status_code < 500
+    assert response.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_feedback_errors_have_the_same_shape(client):
+    assert_outcome(client.post("/cds-services/medication-order-check/feedback", json={"feedback": [{}]}), 400)
