@@ -11,9 +11,10 @@ card; `retired` rules are never evaluated; `draft` rules run only in rule tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any, Callable, Iterator, Mapping
 
-from .facts import Facts, Medication, within_days
+from .facts import NOT_TRUE, Facts, Medication, Observation, within_days
 from .renal import latest_egfr
 from .rule_model import Rule
 from .terminology import Terminology
@@ -43,6 +44,9 @@ class RuleResult:
     @property
     def shows_cards(self) -> bool:
         return self.outcome == "fired" and self.rule.status == "active"
+
+
+_COMPARISONS = ("gt", "gte", "lt", "lte", "eq")
 
 
 def compare(value: float | None, spec: Mapping[str, float]) -> bool:
@@ -84,6 +88,11 @@ class Evaluation:
         if key not in self._memo:
             hit = False
             for ref in _listify(refs):
+                if ref.startswith("ingredient:"):
+                    hit = ref[len("ingredient:"):] in med.ingredients
+                    if hit:
+                        break
+                    continue
                 vs = self.terminology.valuesets.get(ref) if "|" not in ref else None
                 if vs is not None and vs.is_drug_class and ref in med.classes:
                     hit = True
@@ -123,6 +132,27 @@ class Evaluation:
             return False
         if "mme_per_day" in spec and not compare(med.mme_per_day, spec["mme_per_day"]):
             return False
+        if "authored_after" in spec:
+            anchor = b.get(spec["authored_after"])
+            when = getattr(anchor, "when", None)
+            if when is None or med.authored is None or med.authored < when:
+                return False
+        if "supply_days" in spec and not compare(med.supply_days, spec["supply_days"]):
+            return False
+        if "validity_days" in spec and not compare(med.validity_days, spec["validity_days"]):
+            return False
+        if "supply_or_validity_days" in spec:
+            known = [d for d in (med.supply_days, med.validity_days) if d is not None]
+            if not compare(max(known) if known else None, spec["supply_or_validity_days"]):
+                return False
+        if "authored_within_days_before" in spec:
+            window = spec["authored_within_days_before"]
+            anchor = getattr(b.get(window["binding"]), "when", None)
+            if anchor is None or med.authored is None:
+                return False
+            days_before = (anchor.date() - med.authored.date()).days
+            if not 1 <= days_before <= window["days"]:
+                return False
         return True
 
     def med_pool(self, among: str, b: Bindings) -> tuple[Medication, ...]:
@@ -221,13 +251,30 @@ def _medication(ev: Evaluation, args, b):
     return _bind(b, args, [m for m in pool if ev.med_matches(args, m, b)])
 
 
+def _pair(ev: Evaluation, args, b):
+    """The bound draft is in one class and another medication (active, or another draft) in the other;
+    either way round. Binds the other medication as `as` (default `other`)."""
+    draft = b.get("draft")
+    if draft is None:
+        return
+    pool = ev.med_pool("active_or_other_drafts", b)
+    name = args.get("as", "other")
+    for mine, theirs in ((args["a"], args["b"]), (args["b"], args["a"])):
+        if ev.med_in(mine, draft):
+            matches = [m for m in pool if ev.med_in(theirs, m) and not _same_ingredient(m, draft)]
+            yield from _bind(b, {"as": name}, matches)
+
+
 def _total_mme(ev: Evaluation, args, b):
     among = args.get("among", "active_and_drafts")
     pool = ev.facts.active_medications if among in ("active", "active_and_drafts") else ()
     if among in ("drafts", "active_and_drafts"):
         pool = pool + ev.facts.draft_orders
+    medication_filter = {k: v for k, v in args.items() if k not in ("among",) + _COMPARISONS}
+    if medication_filter:  # only the orders that match (e.g. opioid analgesics for chronic pain)
+        pool = tuple(m for m in pool if ev.med_matches(medication_filter, m, b))
     total = round(sum(m.mme_per_day for m in pool if m.mme_per_day), 1)
-    spec = {k: v for k, v in args.items() if k != "among"}
+    spec = {k: v for k, v in args.items() if k in _COMPARISONS}
     if not compare(total, spec):
         return _one(None)
     return _one({**b, "total_mme": total})
@@ -249,6 +296,8 @@ def _observation(ev: Evaluation, args, b):
             continue
         if "interpretation" in args and not ({c for _, c in o.interpretation} & set(args["interpretation"])):
             continue
+        if "result" in args and qualitative_result(o) != args["result"]:
+            continue
         matches.append(o)
     return _bind(b, args, matches)
 
@@ -257,7 +306,8 @@ def _condition(ev: Evaluation, args, b):
     f = ev.facts
     want_active = args.get("active", True)
     matches = [c for c in f.conditions
-               if c.active == want_active and ev.codes_in(args["in"], c.codes)
+               if (c.active == want_active if want_active != "any" else not (c.verification & NOT_TRUE))
+               and ev.codes_in(args["in"], c.codes)
                and ("category" not in args or c.categories & set(args["category"]))
                and ("within_days" not in args or within_days(f, c.when, args["within_days"]))]
     return _bind(b, args, matches)
@@ -295,8 +345,97 @@ def _event(ev: Evaluation, args, b):
                and ("status" not in args or e.status in args["status"])
                and ("within_days" not in args or within_days(f, e.when, args["within_days"]))
                and (after is None or (e.when is not None and after.when is not None and e.when >= after.when))
-               and (not args.get("by_user") or (f.user_id is not None and f.user_id in e.people))]
+               and (not args.get("by_user") or (f.user_id is not None and f.user_id in e.people))
+               and ("touched_within_days" not in args or within_days(f, e.when, args["touched_within_days"])
+                    or within_days(f, e.updated, args["touched_within_days"]))
+               and ("diagnosis_in" not in args or _has_diagnosis(ev, e, args["diagnosis_in"]))]
     return _bind(b, args, matches)
+
+
+def _has_diagnosis(ev: Evaluation, encounter, refs) -> bool:
+    """The encounter has a diagnosis in `refs`: a Condition whose `encounter` points to it, or one listed in
+    Encounter.diagnosis. Any clinical status (a diagnosis made at a visit stays that visit's diagnosis);
+    refuted and entered-in-error conditions never count."""
+    for c in ev.facts.conditions:
+        if c.verification & NOT_TRUE or not ev.codes_in(refs, c.codes):
+            continue
+        pointed = c.encounter is not None and _same_resource(c.encounter, "Encounter", encounter.id)
+        listed = any(_same_resource(ref, "Condition", c.id) for ref in encounter.diagnoses)
+        if pointed or listed:
+            return True
+    return False
+
+
+def _same_resource(reference: str, rtype: str, rid: str) -> bool:
+    """`Encounter/123`, `http://server/fhir/Encounter/123` or `Encounter/123/_history/2` name Encounter 123."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return parts[-1] == rid and (len(parts) == 1 or parts[-2] == rtype)
+
+
+_POSITIVE = {"10828004", "POS", "DET"}     # SNOMED Positive; v3 ObservationInterpretation POS, DET (detected)
+_NEGATIVE = {"260385009", "NEG", "ND"}     # SNOMED Negative; v3 NEG, ND (not detected)
+
+
+def qualitative_result(o: Observation) -> str | None:
+    """`positive`, `negative` or None for a qualitative test (e.g. a urine drug screen): from a valueString
+    starting "pos"/"neg" (how the CDC opioid reference CDS reads screens), or a coded value (SNOMED Positive /
+    Negative); only when the observation has no value at all, from its interpretation (POS/NEG, DET/ND)."""
+    if o.value_text:
+        text = o.value_text.strip().lower()
+        return "positive" if text.startswith("pos") else "negative" if text.startswith("neg") else None
+    codes = {c.upper() for _, c in o.value_codes}
+    if codes:
+        return "positive" if codes & _POSITIVE else "negative" if codes & _NEGATIVE else None
+    if o.value is None:
+        codes = {c.upper() for _, c in o.interpretation}
+        return "positive" if codes & _POSITIVE else "negative" if codes & _NEGATIVE else None
+    return None
+
+
+def minus_months(day: date, months: int) -> date:
+    """Calendar arithmetic as in CQL: the same day `months` earlier, or that month's last day."""
+    index = day.year * 12 + day.month - 1 - months
+    year, month = divmod(index, 12)
+    month += 1
+    last = (date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
+    return date(year, month, min(day.day, last))
+
+
+def covered_days(periods: list[tuple[date, date]], start: date, end: date) -> int:
+    """Days of [start, end] covered by the periods (closed date intervals): each is cut to the window,
+    overlapping or adjoining pieces are merged, and each piece counts end - start days (CQL `collapse` and
+    `days between`, as the CDC opioid reference CDS counts days on opioids)."""
+    pieces = sorted((max(s, start), min(e, end)) for s, e in periods if s <= end and e >= start)
+    merged: list[list[date]] = []
+    for s, e in pieces:
+        if merged and s <= merged[-1][1] + timedelta(days=1):
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return sum((e - s).days for s, e in merged)
+
+
+def _coverage(ev: Evaluation, args, b):
+    """Days covered by medication orders (authored date + expected supply) in the last `within_days` days,
+    or in each of the last `each_month_of_last` calendar months; `days` compares each window's count."""
+    f = ev.facts
+    pool = ev.med_pool(args.get("among", "history"), b)
+    periods = []
+    for m in pool:
+        if m.authored is None or m.supply_days is None or not ev.med_matches(args, m, b):
+            continue
+        first = m.authored.date()
+        periods.append((first, first + timedelta(days=int(m.supply_days))))
+    today = f.today
+    if "each_month_of_last" in args:
+        n = args["each_month_of_last"]
+        windows = [(minus_months(today, k + 1), minus_months(today, k)) for k in reversed(range(n))]
+    else:
+        windows = [(today - timedelta(days=args["within_days"]), today)]
+    counts = [covered_days(periods, s, e) for s, e in windows]
+    if not all(compare(c, args["days"]) for c in counts):
+        return _one(None)
+    return _one({**b, args["as"]: counts} if "as" in args else b)
 
 
 def _egfr(ev: Evaluation, args, b):
@@ -312,8 +451,9 @@ def _egfr(ev: Evaluation, args, b):
 
 
 PREDICATES: dict[str, Callable] = {
-    "age": _age, "sex": _sex, "draft": _draft, "medication": _medication, "total_mme": _total_mme,
+    "age": _age, "sex": _sex, "draft": _draft, "medication": _medication, "pair": _pair, "total_mme": _total_mme,
     "observation": _observation, "condition": _condition, "allergy": _allergy, "event": _event, "egfr": _egfr,
+    "coverage": _coverage,
 }
 
 
@@ -338,7 +478,10 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
             else [{}]
         findings: list[Finding] = []
         seen: set[tuple[str, ...]] = set()
+        limit = min(rule.max_cards or MAX_FINDINGS_PER_RULE, MAX_FINDINGS_PER_RULE)
         for start in starts:
+            if len(findings) >= limit:
+                break  # the cap holds across draft orders too
             for bound in ev.solutions(rule.when, start):
                 refs = _refs(bound)
                 if refs in seen:
@@ -352,7 +495,7 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
                 chosen = tuple(i for i, s in enumerate(rule.card.get("suggestions") or [])
                                if "when" not in s or ev.test(s["when"], bound) is not None)
                 findings.append(Finding(rule, indicator, bound, refs, summary, chosen))
-                if len(findings) >= MAX_FINDINGS_PER_RULE:
+                if len(findings) >= limit:
                     break
     except Exception as exc:  # a rule bug must not break the hook call; it is recorded
         return RuleResult(rule, "error", reason=f"{type(exc).__name__}: {exc}")

@@ -175,6 +175,8 @@ class Condition:
     onset: datetime | None
     recorded: datetime | None
     abated: datetime | None
+    encounter: str | None = None              # Condition.encounter reference (encounter diagnoses)
+    verification: frozenset[str] = frozenset()  # verificationStatus codes (refuted, entered-in-error ...)
 
     @property
     def ref(self) -> str:
@@ -216,6 +218,8 @@ class Event:
     categories: Codings
     people: frozenset[str]   # practitioner references (performer, author, requester, participant)
     extra_codes: Codings     # Encounter: discharge disposition, class; CarePlan: none
+    updated: datetime | None = None   # meta.lastUpdated (a care plan edited or reviewed)
+    diagnoses: frozenset[str] = frozenset()  # Encounter.diagnosis[].condition references
 
     @property
     def ref(self) -> str:
@@ -400,7 +404,10 @@ class FactsBuilder:
         return Condition(id=str(r.get("id") or "unidentified"), name=name_of(r.get("code")),
                          codes=codings_of(r.get("code")), active=active, categories=categories,
                          onset=parse_datetime(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start")),
-                         recorded=parse_datetime(r.get("recordedDate")), abated=abated)
+                         recorded=parse_datetime(r.get("recordedDate")), abated=abated,
+                         encounter=(r.get("encounter") or {}).get("reference")
+                         if isinstance(r.get("encounter"), dict) else None,
+                         verification=frozenset(verification))
 
     # -- observations --------------------------------------------------------------------------
     def _observations(self, r: dict) -> list[Observation]:
@@ -442,6 +449,10 @@ class FactsBuilder:
         if rtype == "Encounter":
             concept = (r.get("type") or [None])[0]
             codes = tuple(c for t in r.get("type") or [] for c in codings_of(t))
+        elif rtype == "CarePlan":  # no CarePlan.code: what the plan is about lives in its activities
+            concept = (r.get("category") or [None])[0]
+            codes = tuple(c for a in r.get("activity") or []
+                          for c in codings_of(((a or {}).get("detail") or {}).get("code")))
         categories = tuple(c for cat in (r.get("category") or []) for c in codings_of(cat)) \
             if isinstance(r.get("category"), list) else codings_of(r.get("category"))
         period = r.get("period") or r.get("performedPeriod") or r.get("occurrencePeriod") or {}
@@ -470,7 +481,11 @@ class FactsBuilder:
         return Event(resource_type=rtype, id=str(r.get("id") or "unidentified"),
                      name=name_of(concept, rtype),
                      codes=codes, status=r.get("status"), when=when, end=end, categories=categories,
-                     people=frozenset(people), extra_codes=extra)
+                     people=frozenset(people), extra_codes=extra,
+                     updated=parse_datetime((r.get("meta") or {}).get("lastUpdated")),
+                     diagnoses=frozenset(d["condition"]["reference"] for d in r.get("diagnosis") or []
+                                         if isinstance(d, dict) and isinstance(d.get("condition"), dict)
+                                         and isinstance(d["condition"].get("reference"), str)))
 
 
 def within_days(facts: Facts, when: datetime | None, days: float) -> bool:

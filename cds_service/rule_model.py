@@ -23,11 +23,13 @@ from .errors import ContentError
 from .terminology import Terminology
 
 STATUSES = ("draft", "shadow", "active", "retired")
-VALUESET_KEYS = {"in", "not_in", "code_in", "value_code_in", "category_in", "extra_in", "classes"}
+VALUESET_KEYS = {"in", "not_in", "code_in", "value_code_in", "category_in", "extra_in", "classes", "a", "b",
+                 "diagnosis_in"}
 # Which resource types each predicate reads (a rule is skipped when one of them is unavailable).
 READS = {
     "age": {"Patient"}, "sex": {"Patient"}, "egfr": {"Observation", "Patient"},
     "draft": set(), "medication": {"MedicationRequest"}, "no_medication": {"MedicationRequest"},
+    "pair": {"MedicationRequest"}, "coverage": {"MedicationRequest"},
     "total_mme": {"MedicationRequest"}, "observation": {"Observation"}, "no_observation": {"Observation"},
     "condition": {"Condition"}, "no_condition": {"Condition"}, "allergy": {"AllergyIntolerance"},
 }
@@ -68,6 +70,7 @@ class Rule:
     foreach: str | None = None
     description: str = ""
     escalate: tuple[dict, ...] = ()
+    max_cards: int | None = None     # at most this many cards per hook call (default: engine's cap)
     reads: frozenset[str] = frozenset()
     compiled: dict[str, Any] = field(default_factory=dict)  # template text -> jinja Template
 
@@ -138,17 +141,23 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
                         for i, s in enumerate(data["card"].get("suggestions") or []) if "when" in s]
     for base, tree in condition_trees:
         for where, name, args in _walk_conditions(tree, base):
-            if name == "draft" and data.get("foreach") != "draft_medication":
+            if name in ("draft", "pair") and data.get("foreach") != "draft_medication":
                 raise ContentError(rel, where, "'draft' needs `foreach: draft_medication`")
             if name in ("event", "no_event"):
                 reads.add(args["type"])
+                if "diagnosis_in" in args:  # encounter diagnoses are Conditions
+                    reads.add("Condition")
             else:
                 reads |= READS.get(name, set())
             for key, value in (args.items() if isinstance(args, dict) else []):
                 if key in VALUESET_KEYS or (key == "same_class_as" and isinstance(value, dict)):
                     refs = value.get("classes") if key == "same_class_as" else value
                     for ref in [refs] if isinstance(refs, str) else refs:
-                        if "|" not in ref and ref not in terminology:
+                        if ref.startswith("ingredient:"):
+                            if ref[len("ingredient:"):] not in terminology.classes_of:
+                                raise ContentError(rel, f"{where}.{key}", f"unknown ingredient {ref!r} "
+                                                   "(not named in fhir/terminology/drug-classes)")
+                        elif "|" not in ref and ref not in terminology:
                             raise ContentError(rel, f"{where}.{key}", f"unknown value set {ref!r} "
                                                "(not in fhir/terminology)")
     compiled = {}
@@ -165,7 +174,7 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
                 references=tuple(Reference(r["title"], r["url"], r.get("citation")) for r in data["references"]),
                 cases=data["cases"], pack=path.parent.name, path=rel, foreach=data.get("foreach"),
                 description=data.get("description", ""), escalate=tuple(data.get("escalate") or ()),
-                reads=frozenset(reads), compiled=compiled)
+                reads=frozenset(reads), compiled=compiled, max_cards=data.get("max_cards"))
 
 
 @dataclass

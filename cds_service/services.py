@@ -121,4 +121,13 @@ def load_registry(hooks_dir: Path, rulebook: Rulebook) -> ServiceRegistry:
         for i, pack in enumerate(service.rule_packs):
             if pack not in packs:
                 raise ContentError(service.path, f"rulePacks[{i}]", f"no rule pack {pack!r} under rules/")
+        # A rule must never read "no data" where the data were simply not asked for: every resource type
+        # a rule reads needs a prefetch template in each service that runs it.
+        fetched = {service.resource_type_of(t.key) for t in service.templates}
+        for rule in rulebook.for_packs(service.rule_packs, service.hook):
+            missing = rule.reads - fetched
+            if missing:
+                raise ContentError(service.path, "prefetch",
+                                   f"rule {rule.id} ({rule.path}) reads {', '.join(sorted(missing))}, which no "
+                                   "prefetch template of this service fetches")
     return ServiceRegistry(services)

@@ -39,7 +39,8 @@ def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergie
     return body
 
 
-def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "conditions", "observations"),
+def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "conditions", "observations", "procedures",
+                                               "referrals", "careplans"),
                  today: date | None = None, **envelope) -> dict:
     resources, _ = CaseBuilder(today or date.today()).build(case)
     by_type: dict[str, list[dict]] = {}
@@ -50,6 +51,9 @@ def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "condit
         "medications": searchset(by_type.get("MedicationRequest", [])),
         "conditions": searchset(by_type.get("Condition", [])),
         "observations": searchset(by_type.get("Observation", [])),
+        "procedures": searchset(by_type.get("Procedure", [])),
+        "referrals": searchset(by_type.get("ServiceRequest", [])),
+        "careplans": searchset(by_type.get("CarePlan", [])),
     }
     body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
             "context": {"userId": USER, "patientId": PATIENT_ID}, "prefetch": {k: full[k] for k in prefetch_keys}}

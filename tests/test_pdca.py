@@ -1,0 +1,79 @@
+"""PDCA report: fired / shown / shadow / feedback per rule version, and the review list."""
+
+from __future__ import annotations
+
+import uuid
+
+from click.testing import CliRunner
+from sqlalchemy import insert
+
+from cds_service.cli import main
+from cds_service.database import feedback, init_schema, make_engine, rule_outcomes
+from cds_service.pdca import collect, render_html, render_markdown, review
+
+import builders
+
+
+def _seed(engine, rule_id, version, status, fired, evaluated, accepted=0, overridden=0, reason="risk-benefit-ratio"):
+    with engine.begin() as conn:
+        for i in range(evaluated):
+            conn.execute(insert(rule_outcomes).values(
+                decision_id=str(uuid.uuid4()), recorded_at="2026-11-01T00:00:00Z", rule_id=rule_id,
+                rule_version=version, rule_status=status, outcome="fired" if i < fired else "not-fired",
+                cards_shown=1 if (i < fired and status == "active") else 0))
+        for i in range(accepted + overridden):
+            outcome = "accepted" if i < accepted else "overridden"
+            conn.execute(insert(feedback).values(
+                dedupe_key=uuid.uuid4().hex, service_id="s", card_uuid=str(uuid.uuid4()), outcome=outcome,
+                override_code=None if outcome == "accepted" else reason,
+                override_display=None if outcome == "accepted" else "Recipient assessment of risk/benefit ratio",
+                outcome_timestamp="2026-11-01T00:00:00Z", received_at="2026-11-01T00:00:00Z",
+                rule_id=rule_id, rule_version=version))
+
+
+def test_counts_rates_and_review_list(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    init_schema(engine)
+    _seed(engine, "noisy", "1.0.0", "active", fired=30, evaluated=40, accepted=3, overridden=27)
+    _seed(engine, "fine", "2.1.0", "active", fired=10, evaluated=50, accepted=9, overridden=1)
+    _seed(engine, "trial", "0.1.0", "shadow", fired=15, evaluated=30)
+    stats = {s.rule_id: s for s in collect(engine)}
+    assert (stats["noisy"].fired, stats["noisy"].shown, stats["noisy"].overridden) == (30, 30, 27)
+    assert stats["fine"].acceptance_rate == 0.9
+    assert stats["trial"].shadow_fired == 15 and stats["trial"].shown == 0
+    flagged = {(i.rule_id, i.action.split(":")[0]) for i in review(list(stats.values()))}
+    assert ("noisy", "tune the condition or text, shadow it, or retire it") in flagged
+    assert any(rule == "trial" for rule, _ in flagged)
+    assert not any(rule == "fine" for rule, _ in flagged)
+    md = render_markdown(list(stats.values()), review(list(stats.values())), "t")
+    assert "| noisy | 1.0.0 | active | 40 | 30 | 30 | 0 | 3 | 27 | 10% |" in md
+    html = render_html(list(stats.values()), [], "t")
+    assert html.startswith("<!doctype html>") and "data:image/png;base64,iVBOR" in html
+
+
+def test_report_command_after_real_calls_and_feedback(tmp_path, monkeypatch, make_app):
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path / "data"))
+    app = make_app(CDS_DATA_DIR=str(tmp_path / "data"))
+    client = app.test_client()
+    body = builders.order_sign({"medications": ["Acetaminophen 325 MG Oral Tablet"],
+                                "draftOrders": ["Acetaminophen 500 MG Oral Tablet"]})
+    card = client.post("/cds-services/medication-order-check", json=body).get_json()["cards"][0]
+    client.post("/cds-services/medication-order-check/feedback", json={"feedback": [
+        {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
+         "overrideReason": {"reason": card["overrideReasons"][0]}}]})
+    result = CliRunner().invoke(main, ["pdca", "report", "--since", "2000-01-01"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| duplicate-ingredient |"))
+    assert "| 1 | 1 | 0 | 0 | 1 | 0% |" in row
+    out = tmp_path / "r.html"
+    assert CliRunner().invoke(main, ["pdca", "report", "--format", "html", "-o", str(out)]).exit_code == 0
+    assert "<img" in out.read_text()
+    assert CliRunner().invoke(main, ["pdca", "report", "--since", "yesterday"]).exit_code != 0
+
+
+def test_rules_commands():
+    runner = CliRunner()
+    lint = runner.invoke(main, ["rules", "lint"])
+    assert lint.exit_code == 0 and lint.output.startswith("ok:")
+    test = runner.invoke(main, ["rules", "test", "duplicate-ingredient"])
+    assert test.exit_code == 0 and "0 failed" in test.output
