@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 run: install
+	$(BIN)/cds-service model prepare
 	$(BIN)/cds-service serve --host $(HOST) --port $(PORT)
 
 test: install

@@ -54,8 +54,19 @@ class Settings:
     clients: str = ""
     # Public base URL the service is reached at (for JWT `aud`); default: the request's own URL.
     public_base_url: str = ""
+    # File of auditor tokens (name:sha256 lines, `cds-service audit token create`); empty: audit API off.
+    audit_tokens: str = ""
+    # Days decision records are kept; `cds-service audit purge` deletes older ones (0: keep forever).
+    retention_days: int = 0
     # LLM: off | embedded | http(s) URL of an OpenAI-compatible server.
     llm: str = "embedded"
+    # Prepared OpenVINO model folder for CDS_LLM=embedded (default: the cache folder `model prepare` fills).
+    model_dir: str = ""
+    # Model name sent to a remote OpenAI-compatible server.
+    llm_model: str = ""
+    # The whole hook response aims to finish within this many ms; LLM text not ready by then comes later.
+    response_budget_ms: int = 450
+    llm_max_new_tokens: int = 64
     log_level: str = "INFO"
 
     @property

@@ -62,7 +62,7 @@ cards = Table(
     Column("decision_id", String(36), nullable=False, index=True),
     Column("service_id", String(128), nullable=False),
     Column("rule_id", String(96), nullable=False, index=True),
-    Column("rule_version", String(32), nullable=False),
+    Column("rule_version", String(160), nullable=False),
     Column("indicator", String(16), nullable=False),
     Column("issued_at", String(32), nullable=False),
 )
@@ -95,7 +95,20 @@ feedback = Table(
     Column("received_at", String(32), nullable=False),
     Column("decision_id", String(36)),
     Column("rule_id", String(96), index=True),
-    Column("rule_version", String(32)),
+    Column("rule_version", String(160)),
+)
+
+# LLM text by prompt: shared by every worker, so text finished after one call's deadline shows on the next.
+llm_outputs = Table(
+    "llm_outputs", metadata,
+    Column("key", String(64), primary_key=True),            # sha256(model id, task, prompt)
+    Column("model_id", String(160), nullable=False),
+    Column("task", String(32), nullable=False),
+    Column("created_at", String(32), nullable=False, index=True),
+    Column("output", Text),
+    Column("accepted", Integer, nullable=False),
+    Column("reasons", Text),                                # JSON list
+    Column("generation_ms", Integer),
 )
 
 APPEND_LOCK_KEY = 0x434453  # PostgreSQL advisory lock id for chain appends ("CDS")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from marshmallow import ValidationError
 
 from .auth import ClientIdentity
-from .cards import cards_for
+from .cards import cards_for, validate_card
 from .decision_log import CardIndex, RuleOutcome, utc_now
 from .engine import evaluate
 from .errors import CdsError, FieldErrors, InvalidRequest
@@ -41,6 +41,7 @@ class HookAnswer:
 class Stopwatch:
     def __init__(self):
         self.start = self.last = time.perf_counter()
+        self.start_monotonic = time.monotonic()
         self.stages: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
@@ -166,7 +167,17 @@ def handle_hook_call(rt: Runtime, service_id: str, body, client: ClientIdentity,
         issued, rejected = cards_for(shown, facts)
         watch.lap("cards")
 
-        response = {"cards": [c.card for c in issued]}
+        final_cards = [c.card for c in issued]
+        if rt.reasoner is not None and service.llm_task != "none":
+            enriched, record["llm"] = rt.reasoner.enrich(service.llm_task, facts, final_cards, watch.start_monotonic)
+            bad = [c for c in enriched if validate_card(c) is not None]
+            if bad:  # never let LLM text break a card: keep the rule cards as they were
+                record["llm"]["dropped"] = [validate_card(c) for c in bad]
+            else:
+                final_cards = enriched
+            watch.lap("llm")
+
+        response = {"cards": final_cards}
         record["rules"] = [{"id": r.rule.id, "version": r.rule.version, "status": r.rule.status,
                             "outcome": r.outcome, "findings": len(r.findings),
                             **({"reason": r.reason} if r.reason else {}),
@@ -175,8 +186,8 @@ def handle_hook_call(rt: Runtime, service_id: str, body, client: ClientIdentity,
         if rejected:
             record["rejectedCards"] = [{"rule": f"{x.finding.rule.id}@{x.finding.rule.version}",
                                         "problem": x.problem} for x in rejected]
-        card_index = [CardIndex(c.card["uuid"], c.finding.rule.id, c.finding.rule.version, c.card["indicator"])
-                      for c in issued]
+        card_index = [CardIndex(c["uuid"], c["extension"]["org.cds-service.rule"]["id"],
+                                c["extension"]["org.cds-service.rule"]["version"], c["indicator"]) for c in final_cards]
         shown_by_rule: dict[str, int] = {}
         for c in issued:
             shown_by_rule[c.finding.rule.key] = shown_by_rule.get(c.finding.rule.key, 0) + 1

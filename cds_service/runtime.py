@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 
@@ -22,6 +23,7 @@ from .facts import FactsBuilder
 from .feedback import FeedbackStore
 from .fhir_client import FetchLimits, FhirClient, ServerAllowlist, new_session
 from .mme import MmeCalculator
+from .reasoning.service import LlmStore, Reasoner
 from .resource_validation import ResourceValidator
 from .rule_model import Rulebook, load_rulebook
 from .services import ServiceRegistry, load_registry
@@ -45,7 +47,8 @@ class Runtime:
     decision_log: DecisionLog | None = None
     feedback: FeedbackStore | None = None
     authenticator: ClientAuthenticator | None = None
-    reasoner: object | None = None
+    reasoner: Reasoner | None = None
+    llm_status: str = "off"
     problems: list[str] = field(default_factory=list)
 
     @classmethod
@@ -72,6 +75,7 @@ class Runtime:
         rt.decision_log = DecisionLog(engine)
         rt.feedback = FeedbackStore(engine)
         rt.authenticator = ClientAuthenticator(load_clients(settings.clients) if settings.clients else {})
+        rt.reasoner, rt.llm_status = _build_reasoner(settings, engine, rt.terminology)
         if not rt.authenticator.enabled:
             log.warning("CDS_CLIENTS is not set: CDS clients are NOT authenticated (fine for a local sandbox, "
                         "not for production)")
@@ -89,14 +93,41 @@ class Runtime:
             "rules": f"{len(self.rulebook.rules)} loaded" if self.rulebook else "not loaded",
             "services": f"{len(self.registry.services)} loaded" if self.registry else "not loaded",
             "decisionLog": "ok" if self.decision_log is not None else "not open",
+            "llm": self.llm_status,  # informative: rule cards never depend on it
         }
         return {"ready": not self.problems and self.registry is not None, "checks": checks,
                 "problems": list(self.problems)}
 
     def close(self) -> None:
+        if self.reasoner is not None:
+            self.reasoner.close()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
         if self.session is not None:
             self.session.close()
         if self.decision_log is not None:
             self.decision_log.engine.dispose()
+
+
+def _build_reasoner(settings: Settings, engine, terminology) -> tuple[Reasoner | None, str]:
+    """One model object per process. A missing model disables LLM text; it never stops the service."""
+    choice = settings.llm.strip()
+    if choice.lower() in ("", "off", "none") or terminology is None:
+        return None, "off"
+    from .reasoning.backends import GenAiBackend, LlmError, RemoteBackend
+    from .reasoning.grounding import GroundingGuard
+    from .reasoning.prepare import default_model_dir
+
+    try:
+        if choice.lower() == "embedded":
+            backend = GenAiBackend(Path(settings.model_dir) if settings.model_dir else default_model_dir("int8"))
+        elif choice.startswith(("http://", "https://")):
+            backend = RemoteBackend(choice, settings.llm_model)
+        else:
+            return None, f"unavailable: CDS_LLM={choice!r} is not off, embedded or a URL"
+    except (LlmError, RuntimeError, OSError) as exc:
+        log.warning("LLM disabled: %s", exc)
+        return None, f"unavailable: {exc}"
+    reasoner = Reasoner(backend, LlmStore(engine), GroundingGuard(terminology),
+                        budget_ms=settings.response_budget_ms, max_new_tokens=settings.llm_max_new_tokens)
+    return reasoner, backend.model_id
