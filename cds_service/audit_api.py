@@ -1,0 +1,77 @@
+"""Read-only HTTP API for auditors, behind an auditor credential separate from CDS clients.
+
+    GET /audit/decisions?patient=&user=&service=&rule=&since=&until=&indicator=&limit=&offset=
+    GET /audit/decisions/<id>
+    GET /audit/verify
+    GET /audit/export?<same filters>          (FHIR R4 Bundle of AuditEvent + Provenance)
+
+Disabled (404) unless ``CDS_AUDIT_TOKENS`` lists at least one auditor token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .audit import AuditorTokens, DecisionFilter, export_bundle, query, summary_row
+from .errors import InvalidRequest, NotFound, Unauthorized
+
+audit_api = Blueprint("audit_api", __name__, url_prefix="/audit")
+
+
+def _auditor() -> str:
+    tokens: AuditorTokens = current_app.extensions["cds_auditors"]
+    if not tokens.enabled:
+        raise NotFound("the audit API is not enabled (set CDS_AUDIT_TOKENS)")
+    name = tokens.auditor(request.headers.get("Authorization"))
+    if name is None:
+        raise Unauthorized("an auditor token is required: Authorization: Bearer <auditor token>",
+                           expression="Authorization")
+    return name
+
+
+def _filter() -> DecisionFilter:
+    args = request.args
+    try:
+        return DecisionFilter(patient=args.get("patient"), user=args.get("user"), service=args.get("service"),
+                              rule=args.get("rule"), since=args.get("since"), until=args.get("until"),
+                              indicator=args.get("indicator"), limit=int(args.get("limit", 100)),
+                              offset=int(args.get("offset", 0))).validate()
+    except ValueError as exc:
+        field = str(exc).split(":")[0] if ":" in str(exc) else "limit"
+        raise InvalidRequest(f"bad query parameter: {exc}", expression=field) from exc
+
+
+def _log():
+    return current_app.extensions["cds_runtime"].decision_log
+
+
+@audit_api.get("/decisions")
+def decisions():
+    _auditor()
+    records = query(_log().engine, _filter())
+    return jsonify({"decisions": [summary_row(r) for r in records], "count": len(records)})
+
+
+@audit_api.get("/decisions/<decision_id>")
+def decision(decision_id: str):
+    _auditor()
+    record = _log().get(decision_id)
+    if record is None:
+        raise NotFound(f"no decision {decision_id}", expression="id")
+    return jsonify(record)
+
+
+@audit_api.get("/verify")
+def verify():
+    _auditor()
+    return jsonify(asdict(_log().verify()))
+
+
+@audit_api.get("/export")
+def export():
+    _auditor()
+    response = jsonify(export_bundle(query(_log().engine, _filter())))
+    response.mimetype = "application/fhir+json"
+    return response

@@ -1,0 +1,72 @@
+"""Durability: SIGKILL the server under load; the chain still verifies and every 200 has its record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from cds_service.database import make_engine
+from cds_service.decision_log import DecisionLog
+
+import builders
+from test_serve import free_port
+
+CASE = {"medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
+
+
+def test_sigkill_under_load_loses_no_acknowledged_decision(tmp_path):
+    port = free_port()
+    env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}
+    exe = Path(sys.executable).with_name("cds-service")
+    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "4"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:  # not listening yet, or still loading
+            time.sleep(0.2)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load() -> None:
+        session = requests.Session()
+        for _ in range(150):  # bounded in count ...
+            if stop.is_set():
+                return
+            try:
+                r = session.post(f"{base}/cds-services/medication-order-check", json=builders.order_sign(CASE),
+                                 timeout=5)
+            except requests.RequestException:
+                return
+            if r.status_code == 200:
+                with lock:
+                    acknowledged.append(r.headers["X-Decision-Id"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)  # ... and in time: kill mid-load
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+
+    assert len(acknowledged) > 5, "the load did not get going before the kill"
+    log = DecisionLog(make_engine(f"sqlite:///{tmp_path / 'decision-log.sqlite3'}"))
+    report = log.verify()
+    assert report.ok, report
+    missing = [d for d in acknowledged if log.get(d) is None]
+    assert not missing, f"{len(missing)} acknowledged decisions lost"
+    assert report.checked >= len(acknowledged)
