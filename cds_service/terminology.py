@@ -6,6 +6,8 @@ Layout of ``fhir/terminology/``:
   ``display`` and ``designation[].value`` (synonyms, brand names) are the names by which an ingredient
   is recognised in a medication's text when its code is unknown to us. A medication belongs to a class
   when one of its ingredients does.
+- ``maps/*.json``: ConceptMaps from RxNorm clinical and branded drug codes to their ingredients, so a
+  medication coded without any display still resolves to its ingredients.
 - any other ``**/*.json``: ValueSets of codes (RxNorm clinical drugs, LOINC, SNOMED CT, ICD-10-CM ...),
   matched on (system, code). ICD-10-CM entries match their descendants (``C25`` matches ``C25.1``) and
   ranges written ``C00-C14``.
@@ -84,8 +86,9 @@ class ValueSet:
 class Terminology:
     """All value sets plus the ingredient-name index."""
 
-    def __init__(self, valuesets: dict[str, ValueSet]):
+    def __init__(self, valuesets: dict[str, ValueSet], products: dict[tuple[str, str], set[str]] | None = None):
         self.valuesets = valuesets
+        self.products = products or {}  # RxNorm clinical/branded drug -> ingredient names (fhir/terminology/maps)
         # canonical ingredient name -> drug-class value set ids; name/synonym -> canonical name
         self.classes_of: dict[str, set[str]] = {}
         self._name_to_ingredient: dict[str, str] = {}
@@ -122,6 +125,8 @@ class Terminology:
         texts (coding displays, CodeableConcept.text, Medication.code.text)."""
         found = {self._code_to_ingredient[(normalise_system(s), c)] for s, c in codings
                  if (normalise_system(s), c) in self._code_to_ingredient}
+        for s, c in codings:
+            found |= self.products.get((normalise_system(s), c), set())
         if self._name_pattern is not None:
             for text in texts:
                 if text:
@@ -205,12 +210,32 @@ def load_valueset(path: Path, root: Path) -> ValueSet:
     return vs
 
 
+def load_product_map(path: Path, root: Path) -> dict[tuple[str, str], set[str]]:
+    """A ConceptMap from RxNorm clinical/branded drugs (SCD/SBD) to their ingredients (IN)."""
+    rel = str(path.relative_to(root.parent) if root.parent in path.parents else path)
+    resource = json.loads(path.read_text(encoding="utf-8"))
+    out: dict[tuple[str, str], set[str]] = {}
+    for g, group in enumerate(resource.get("group") or []):
+        source = normalise_system(group.get("source"))
+        for e, element in enumerate(group.get("element") or []):
+            targets = [normalise_name(t["display"]) for t in element.get("target") or [] if t.get("display")]
+            if not element.get("code") or not targets:
+                raise ContentError(rel, f"group[{g}].element[{e}]", "needs a code and targets with a display")
+            out.setdefault((source, element["code"]), set()).update(targets)
+    return out
+
+
 def load_terminology(terminology_dir: Path) -> Terminology:
     valuesets: dict[str, ValueSet] = {}
+    products: dict[tuple[str, str], set[str]] = {}
     if terminology_dir.is_dir():
         for path in sorted(terminology_dir.rglob("*.json")):
+            if path.parent.name == "maps":
+                for key, names in load_product_map(path, terminology_dir).items():
+                    products.setdefault(key, set()).update(names)
+                continue
             vs = load_valueset(path, terminology_dir)
             if vs.id in valuesets:
                 raise ContentError(vs.source, "id", f"duplicate ValueSet id {vs.id!r} (also in {valuesets[vs.id].source})")
             valuesets[vs.id] = vs
-    return Terminology(valuesets)
+    return Terminology(valuesets, products)
