@@ -83,7 +83,15 @@ def _history_lines(facts, items: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """This process image's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
+    worker would inherit the parent's peak (the bandwidth probe's arrays) and every backend would look alike."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def worker_openvino(model_dir: Path, prompts: list, new_tokens: int) -> dict:
