@@ -11,18 +11,16 @@ from typing import Any, Mapping
 
 from flask import Flask, Response, current_app, json, jsonify, request
 from flask_cors import CORS
-from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
 from .audit import AuditorTokens
 from .audit_api import audit_api
 from .config import Settings
-from .errors import (CdsError, FieldErrors, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge,
-                     UnsupportedMediaType)
+from .errors import CdsError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
 from .hook_call import handle_hook_call
 from .runtime import Runtime
-from .schemas import FeedbackRequestSchema
+from .schemas import FeedbackRequestSchema, load_or_400
 
 log = logging.getLogger(__name__)
 _feedback_schema = FeedbackRequestSchema()
@@ -150,11 +148,7 @@ def _register_routes(app: Flask) -> None:
         body = _json_body()
         if not isinstance(body, dict):
             raise InvalidRequest("the request body must be a JSON object", expression="body")
-        try:
-            data = _feedback_schema.load(body)
-        except ValidationError as exc:
-            issues = FieldErrors().add_messages(exc.messages).issues
-            raise InvalidRequest(issues[0].diagnostics, issues=issues) from exc
+        data = load_or_400(_feedback_schema, body)
         result = rt.feedback.record(service_id, data["feedback"])
         return jsonify({"received": result.received, "recorded": result.recorded})
 

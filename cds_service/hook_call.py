@@ -11,17 +11,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from marshmallow import ValidationError
-
 from .auth import ClientIdentity
 from .cards import cards_for, validate_card
 from .decision_log import CardIndex, RuleOutcome, utc_now
 from .engine import evaluate
-from .errors import CdsError, FieldErrors, InvalidRequest
+from .errors import CdsError, InvalidRequest
 from .prefetch import PrefetchResult, resolve
 from .resource_validation import check_patient_consistency
 from .runtime import Runtime
-from .schemas import CONTEXT_SCHEMAS, HookRequestSchema
+from .schemas import CONTEXT_SCHEMAS, HookRequestSchema, load_or_400
 from .services import ServiceDefinition
 
 log = logging.getLogger(__name__)
@@ -53,24 +51,15 @@ class Stopwatch:
         return round((time.perf_counter() - self.start) * 1000, 2)
 
 
-def parse_request(body, service_hooks: set[str] | None = None) -> tuple[dict, dict]:
+def parse_request(body) -> tuple[dict, dict]:
     """Envelope then context. Raises InvalidRequest naming every bad field."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", expression="body")
-    try:
-        envelope = _envelope_schema.load(body)
-    except ValidationError as exc:
-        issues = FieldErrors().add_messages(exc.messages).issues
-        raise InvalidRequest(issues[0].diagnostics, issues=issues) from exc
+    envelope = load_or_400(_envelope_schema, body)
     schema = _context_schemas.get(envelope["hook"])
     if schema is None:
         raise InvalidRequest(f"hook {envelope['hook']!r} is not supported here", expression="hook")
-    try:
-        context = schema.load(envelope["context"])
-    except ValidationError as exc:
-        issues = FieldErrors(prefix="context").add_messages(exc.messages).issues
-        raise InvalidRequest(issues[0].diagnostics, issues=issues) from exc
-    return envelope, context
+    return envelope, load_or_400(schema, envelope["context"], prefix="context")
 
 
 def _data_record(prefetch: PrefetchResult | None, drafts: list[dict], hashes: dict[int, str]) -> list[dict]:

@@ -12,10 +12,21 @@ import uuid as uuidlib
 
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from .errors import FieldErrors, InvalidRequest
+
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 USER_REFERENCE = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$")
 INDICATORS = ("info", "warning", "critical")
 SUPPORTED_HOOKS = ("patient-view", "order-sign")
+
+
+def load_or_400(schema: Schema, data, *, prefix: str = "") -> dict:
+    """Load with a schema; on failure raise InvalidRequest with one issue per bad field (path-named)."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        issues = FieldErrors(prefix=prefix).add_messages(exc.messages).issues
+        raise InvalidRequest(issues[0].diagnostics, issues=issues) from exc
 
 
 def parse_uuid(value: str) -> str:

@@ -15,12 +15,17 @@ def searchset(resources: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
-def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergies", "conditions", "labs"),
-               today: date | None = None, **envelope) -> dict:
+def _by_type(case: dict, today: date | None) -> tuple[dict[str, list[dict]], list[dict]]:
     resources, drafts = CaseBuilder(today or date.today()).build(case)
     by_type: dict[str, list[dict]] = {}
     for r in resources:
         by_type.setdefault(r["resourceType"], []).append(r)
+    return by_type, drafts
+
+
+def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergies", "conditions", "labs"),
+               today: date | None = None, **envelope) -> dict:
+    by_type, drafts = _by_type(case, today)
     full = {
         "patient": by_type["Patient"][0],
         "medications": searchset(by_type.get("MedicationRequest", [])),
@@ -42,10 +47,7 @@ def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergie
 def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "conditions", "observations", "procedures",
                                                "referrals", "careplans"),
                  today: date | None = None, **envelope) -> dict:
-    resources, _ = CaseBuilder(today or date.today()).build(case)
-    by_type: dict[str, list[dict]] = {}
-    for r in resources:
-        by_type.setdefault(r["resourceType"], []).append(r)
+    by_type, _ = _by_type(case, today)
     full = {
         "patient": by_type["Patient"][0],
         "medications": searchset(by_type.get("MedicationRequest", [])),

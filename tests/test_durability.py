@@ -16,7 +16,7 @@ from cds_service.database import make_engine
 from cds_service.decision_log import DecisionLog
 
 import builders
-from test_serve import free_port
+from test_serve import free_port, wait_ready
 
 CASE = {"medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
 
@@ -28,13 +28,7 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(tmp_path):
     server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "4"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or still loading
-            time.sleep(0.2)
+    wait_ready(base)
     acknowledged: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()

@@ -21,6 +21,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(base: str, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or still loading
+            time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
 def test_serve_with_two_workers(tmp_path):
     port = free_port()
     env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}
@@ -29,15 +40,7 @@ def test_serve_with_two_workers(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or still loading
-                time.sleep(0.2)
-        else:
-            raise AssertionError("server did not become ready")
+        wait_ready(base)
         body = builders.order_sign({"medications": ["Acetaminophen 325 MG Oral Tablet"],
                                     "draftOrders": ["Acetaminophen 500 MG Oral Tablet"]})
         answers = [requests.post(f"{base}/cds-services/medication-order-check", json=body, timeout=10)
