@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,3 +21,13 @@ def test_rules_speed_benchmark_runs(capsys):
     figures = _load("rules_speed").main(["--runs", "2", "--resources", "300", "--no-pin"])
     assert figures["resources"] == 300 and figures["active_rules"] > 0
     assert "median" in capsys.readouterr().out
+
+
+@pytest.mark.real_model
+def test_llm_grounding_benchmark_runs_on_the_prepared_model(capsys):
+    from cds_service.reasoning.prepare import default_model_dir
+    if not (default_model_dir("int8") / "manifest.json").is_file():
+        pytest.skip("SmolLM2 not prepared (cds-service model prepare)")
+    figures = _load("llm_grounding").main([])
+    assert figures["texts"] == 26 and 0 <= figures["accepted"] <= figures["texts"]
+    assert "passed the grounding guard" in capsys.readouterr().out

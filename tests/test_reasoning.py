@@ -118,6 +118,9 @@ PROMPT = ("Patient: 74 years old, female.\nActive problems: Hypertension.\nActiv
 def test_guard_accepts_grounded_text(terminology):
     text = "Warfarin with ibuprofen raises bleeding risk at an INR of 2.8. Consider a different pain plan."
     assert GroundingGuard(terminology).check(text, PROMPT).accepted
+    causal = PROMPT.replace("Hypertension", "Anemia due to chronic kidney disease")
+    assert GroundingGuard(terminology).check("She has anemia due to chronic kidney disease and takes warfarin.",
+                                             causal).accepted
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -128,6 +131,9 @@ def test_guard_accepts_grounded_text(terminology):
     ("bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding",
      "repetitive"),
     ("Ok.", "short"),
+    ("Warfarin with ibuprofen is risky because of her cardiomyopathy and bleeding history.", "conditions"),
+    ("Warfarin with ibuprofen is risky with ARVC; expect major bleeding.", "abbreviations"),
+    ("Her hypertension is due to warfarin, so ibuprofen adds major bleeding risk.", "causes"),
 ])
 def test_guard_rejects_fabrication(terminology, text, reason):
     verdict = GroundingGuard(terminology).check(text, PROMPT)

@@ -4,7 +4,7 @@ Prompts are built only from the patient's facts and the rule findings, so "groun
 is checked as "grounded in the prompt": every medication (any ingredient, brand or drug-class name
 the terminology knows), every lab test and every condition from the lexicons below, and every number
 in the output must also appear in the prompt (numbers must match exactly, after normalising 5.60 to
-5.6). Output that is empty, cut short or repetitive is rejected too. A rejected text is dropped and
+5.6); so must words shaped like diagnoses (-itis, -osis, -emia, -pathy, -oma ...) and acronyms. Output that is empty, cut short or repetitive is rejected too. A rejected text is dropped and
 recorded with its reasons; it is never shown.
 """
 
@@ -49,6 +49,13 @@ def _terms_pattern(terms) -> re.Pattern:
 
 _LABS = _terms_pattern(LAB_TERMS)
 _CONDITIONS = _terms_pattern(CONDITION_TERMS)
+# Beyond the lexicon: words shaped like diagnoses (cardiomyopathy, myeloma, sinusitis ...) and
+# acronyms (ARVC, COPD) must also appear in the record.
+_DIAGNOSIS_SHAPED = re.compile(r"\b[a-z]+(?:itis|osis|emia|aemia|pathy|oma|algia|plegia|trophy|ectomy|uria)\b")
+_ACRONYM = re.compile(r"\b[A-Z]{2,6}\b")
+# A causal claim ("anemia due to chronic sinusitis") links two facts in a way the record may not: allowed
+# only when the record says the same (SNOMED displays such as "Anemia due to chronic kidney disease").
+_CAUSAL = re.compile(r"((?:[\w'-]+\s+){1,3})(due to|secondary to|caused by|as a result of)((?:\s+[\w'-]+){1,3})")
 
 
 def _numbers(text: str) -> set[str]:
@@ -99,6 +106,16 @@ class GroundingGuard:
                                                                prompt_low)}
             if missing:
                 reasons.append(f"names {label} not in the record: {', '.join(sorted(missing))}")
+        shaped = {w for w in _DIAGNOSIS_SHAPED.findall(text_low) if w not in prompt_low}
+        if shaped:
+            reasons.append(f"names conditions not in the record: {', '.join(sorted(shaped))}")
+        acronyms = {a for a in _ACRONYM.findall(text) if a.lower() not in prompt_low and a not in ("AI", "OK")}
+        if acronyms:
+            reasons.append(f"uses abbreviations not in the record: {', '.join(sorted(acronyms))}")
+        causal = [m.group(0).strip() for m in _CAUSAL.finditer(text_low)
+                  if (m.group(1).split()[-1] + " " + m.group(2) + " " + m.group(3).split()[0]) not in prompt_low]
+        if causal:
+            reasons.append(f"states causes the record does not: {'; '.join(causal)}")
         extra_numbers = _numbers(text) - _numbers(prompt)
         if extra_numbers:
             reasons.append(f"numbers not in the record: {', '.join(sorted(extra_numbers))}")
