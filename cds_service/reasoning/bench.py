@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 from ..content import default_content_dir
-from .prepare import default_model_dir, prepare
+from .prepare import default_hf_dir, default_model_dir, prepare
 
 TARGET_SPEEDUP = 2.5
 TARGET_RSS_RATIO = 0.5
@@ -185,8 +185,7 @@ def _model_dirs(backends: list[str]) -> dict[str, Path]:
         if kind == "openvino":
             dirs[backend] = prepare(default_model_dir(fmt), weight_format=fmt, progress=False).path
         elif kind == "pytorch":
-            int8 = prepare(default_model_dir("int8"), weight_format="int8", progress=False).path
-            dirs[backend] = int8 / "hf"
+            dirs[backend] = default_hf_dir()
         else:
             raise ValueError(f"unknown backend {backend!r}")
     return dirs

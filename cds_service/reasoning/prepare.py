@@ -67,6 +67,19 @@ def default_model_dir(weight_format: str = "int8", cache_dir: Path | None = None
     return (cache_dir or default_cache_dir()) / f"smollm2-135m-instruct-{weight_format}"
 
 
+def default_hf_dir() -> Path:
+    """The bundled model in Hugging Face format (FP32), for the PyTorch baseline of `model bench`."""
+    target = default_cache_dir() / "smollm2-135m-instruct-hf"
+    if not (target / "config.json").is_file():
+        gguf, _ = bundled_gguf()
+        work = Path(tempfile.mkdtemp(prefix=".hf-", dir=default_cache_dir()))
+        gguf_to_huggingface(gguf, work)
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    return target
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -194,7 +207,7 @@ def read_manifest(model_dir: Path) -> dict | None:
 
 
 def prepare(out_dir: Path | None = None, *, source: Path | None = None, weight_format: str = "int8",
-            name: str | None = None, keep_hf: bool = True, progress: bool = True) -> PreparedModel:
+            name: str | None = None, progress: bool = True) -> PreparedModel:
     if weight_format not in WEIGHT_FORMATS:
         raise PrepareError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
     steps = tqdm(total=4, desc="model prepare", unit="step", disable=not progress, file=sys.stderr)
@@ -255,8 +268,6 @@ def prepare(out_dir: Path | None = None, *, source: Path | None = None, weight_f
             "prepareSeconds": round(time.time() - started, 1),
         }
         (ov_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if keep_hf and kind == "gguf":
-            shutil.copytree(hf_dir, ov_dir / "hf", dirs_exist_ok=True)  # kept for `model bench` (PyTorch FP32)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         ov_dir.rename(out_dir)
