@@ -56,10 +56,6 @@ class Unauthorized(CdsError):
         super().__init__(diagnostics, **kw)
 
 
-class Forbidden(CdsError):
-    status, code = 403, "forbidden"
-
-
 class NotFound(CdsError):
     status, code = 404, "not-found"
 
@@ -84,12 +80,6 @@ class PayloadTooLarge(CdsError):
 
 class UnsupportedMediaType(CdsError):
     status, code = 415, "not-supported"
-
-
-class ServiceUnavailable(CdsError):
-    """The service is not ready (e.g. content failed to load). Used by /readyz only."""
-
-    status, code = 503, "transient"
 
 
 class ContentError(Exception):

@@ -120,8 +120,6 @@ class Medication:
     is_draft: bool
     supply_days: float | None = None        # dispenseRequest.expectedSupplyDuration
     validity_days: float | None = None      # dispenseRequest.validityPeriod length
-    validity_start: datetime | None = None
-    validity_end: datetime | None = None
     doses_per_day: float | None = None
     dose_value: float | None = None
     dose_unit: str | None = None
@@ -367,7 +365,7 @@ class FactsBuilder:
             resource_type=r.get("resourceType"), id=str(r.get("id") or "unidentified"), name=name_of(concept),
             codes=codes, ingredients=ingredients, classes=self.terminology.drug_classes(ingredients),
             status=status, intent=r.get("intent"), categories=categories, authored=authored, is_draft=is_draft,
-            supply_days=supply, validity_days=validity_days, validity_start=v_start, validity_end=v_end,
+            supply_days=supply, validity_days=validity_days,
             doses_per_day=doses_per_day(dosage), dose_value=dose_value, dose_unit=dose_unit, requester=requester)
         if self.mme is not None:
             mme = self.mme.daily_mme(med)

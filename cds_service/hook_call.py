@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .auth import ClientIdentity
 from .cards import cards_for, validate_card
@@ -33,7 +33,6 @@ class HookAnswer:
     status: int
     timings_ms: dict[str, float]
     decision_id: str
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Stopwatch:
@@ -159,9 +158,9 @@ def handle_hook_call(rt: Runtime, service_id: str, body, client: ClientIdentity,
         final_cards = [c.card for c in issued]
         if rt.reasoner is not None and service.llm_task != "none":
             enriched, record["llm"] = rt.reasoner.enrich(service.llm_task, facts, final_cards, watch.start_monotonic)
-            bad = [c for c in enriched if validate_card(c) is not None]
-            if bad:  # never let LLM text break a card: keep the rule cards as they were
-                record["llm"]["dropped"] = [validate_card(c) for c in bad]
+            problems = [p for p in map(validate_card, enriched) if p is not None]
+            if problems:  # never let LLM text break a card: keep the rule cards as they were
+                record["llm"]["dropped"] = problems
             else:
                 final_cards = enriched
             watch.lap("llm")

@@ -55,10 +55,6 @@ class RuleStats:
     def override_rate(self) -> float | None:
         return self.overridden / self.with_feedback if self.with_feedback else None
 
-    @property
-    def fire_rate(self) -> float | None:
-        return self.fired / self.evaluated if self.evaluated else None
-
 
 @dataclass(frozen=True)
 class ReviewItem:

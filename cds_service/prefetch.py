@@ -124,10 +124,6 @@ class PrefetchItem:
     note: str | None = None           # e.g. "client sent OperationOutcome", "unwrapped entry"
     problem: str | None = None        # why it is unavailable
 
-    @property
-    def available(self) -> bool:
-        return self.origin not in (Origin.UNAVAILABLE,)
-
 
 @dataclass
 class PrefetchResult:
@@ -175,7 +171,7 @@ def resolve(templates: list[PrefetchTemplate], context: dict, provided: dict | N
             failures.append(Issue(f"prefetch key '{template.key}' ({template.text}) could not be had: {why}",
                                   (f"prefetch.{template.key}",)))
 
-    def fetch(template: PrefetchTemplate, query: str | None, bundle: dict | None, _partial):
+    def fetch(template: PrefetchTemplate, query: str | None, bundle: dict | None):
         """Runs in a worker thread: network only, no shared-state writes."""
         try:
             if bundle is not None:
@@ -194,7 +190,7 @@ def resolve(templates: list[PrefetchTemplate], context: dict, provided: dict | N
         pending = [t for t in pending if t not in ready]
         jobs = []
         for template in ready:
-            item, bundle = (None, None)
+            bundle = None
             if template.key in provided:
                 item, bundle = _as_provided(template.key, provided[template.key])
                 if item is not None and bundle is None:
@@ -212,13 +208,13 @@ def resolve(templates: list[PrefetchTemplate], context: dict, provided: dict | N
             if not client.allowed:
                 unavailable(template, "fhirServer is not in CDS_FHIR_ALLOWED_SERVERS; no request was sent", query)
                 continue
-            jobs.append((template, query, bundle, item))
+            jobs.append((template, query, bundle))
         if executor is not None and len(jobs) > 1:
             futures = [(job, executor.submit(fetch, *job)) for job in jobs]
             results = [(job, fut.result()) for job, fut in futures]
         else:
             results = [(job, fetch(*job)) for job in jobs]
-        for (template, query, bundle, partial), (status, value) in results:
+        for (template, query, bundle), (status, value) in results:
             if status == "error":
                 unavailable(template, value.diagnostics, query)
                 continue

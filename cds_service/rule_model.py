@@ -22,7 +22,6 @@ from jinja2.sandbox import SandboxedEnvironment
 from .errors import ContentError
 from .terminology import Terminology
 
-STATUSES = ("draft", "shadow", "active", "retired")
 VALUESET_KEYS = {"in", "not_in", "code_in", "value_code_in", "category_in", "extra_in", "classes", "a", "b",
                  "diagnosis_in"}
 # Which resource types each predicate reads (a rule is skipped when one of them is unavailable).

@@ -17,7 +17,6 @@ from .errors import FieldErrors, InvalidRequest
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 USER_REFERENCE = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$")
 INDICATORS = ("info", "warning", "critical")
-SUPPORTED_HOOKS = ("patient-view", "order-sign")
 
 
 def load_or_400(schema: Schema, data, *, prefix: str = "") -> dict:

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -160,8 +161,6 @@ class Reasoner:
         return cards, record
 
     def _summary_card(self, text: str) -> dict:
-        import uuid
-
         return {
             "uuid": str(uuid.uuid4()),
             "summary": f"{AI_LABEL} record summary (review before relying on it)",
