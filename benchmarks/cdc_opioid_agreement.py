@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "cdc-opioid"
 sys.path.insert(0, str(ROOT))
 
-from cds_service.app import create_app  # noqa: E402
+from cds_service.protocol.app import create_app  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("cdc_opioid_roll_dates", BENCH / "roll_dates.py")
 roll_dates = importlib.util.module_from_spec(_spec)
@@ -180,8 +180,8 @@ def refile(request: dict, definition) -> dict:
             by_type["MedicationRequest" if rtype == "Medication" else rtype].append(resource)
     prefetch: dict = {}
     for template in definition.templates:
-        found = by_type.pop(definition.resource_type_of(template.key), [])
-        if definition.resource_type_of(template.key) == "Patient":
+        found = by_type.pop(definition.resource_types[template.key], [])
+        if definition.resource_types[template.key] == "Patient":
             prefetch[template.key] = found[0] if found else None
         else:
             prefetch[template.key] = {"resourceType": "Bundle", "type": "searchset",
@@ -190,7 +190,7 @@ def refile(request: dict, definition) -> dict:
 
 
 def _post(client, registry, service_id: str, hook: str, request: dict, result: CaseResult) -> None:
-    definition = registry.find(service_id, hook)
+    definition = registry.by_hook(service_id)[hook]
     request, result.repairs = repair(request)
     if result.stand_in:
         request = refile(request, definition)
@@ -224,11 +224,11 @@ def run() -> Report:
                 rolled = roll_dates.roll_request(request, today)
                 name = Path(case["request"]).stem.replace("request-example-", "")
                 result = CaseResult(case, name, case["recommendation"], case["service"], case["expect"])
-                if case["service"] and rt.registry.exists(case["service"]):
+                if case["service"] and case["service"] in rt.registry:
                     _post(client, rt.registry, case["service"], case["hook"], rolled, result)
                 results.append(result)
                 stand_in = STAND_INS.get(case["service"] or "")
-                if stand_in and rt.registry.exists(stand_in):
+                if stand_in and stand_in in rt.registry:
                     alt = CaseResult(case, name, case["recommendation"], stand_in, case["expect"], stand_in=True)
                     as_sign = {**rolled, "hook": "order-sign",
                                "context": {k: v for k, v in rolled["context"].items() if k != "selections"}}

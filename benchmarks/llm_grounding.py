@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.config import Settings  # noqa: E402
+from cds_service.settings import Settings  # noqa: E402
 from cds_service.reasoning.grounding import tidy  # noqa: E402
 from cds_service.reasoning.prompts import explanation_messages, prompt_text, summary_messages  # noqa: E402
 from cds_service.runtime import Runtime  # noqa: E402
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
         for path in sorted((ROOT / "fhir" / "samples" / "synthea-r4").glob("*.json")):
             resources = [e["resource"] for e in json.loads(path.read_text())["entry"]]
             patient_id = next(r["id"] for r in resources if r["resourceType"] == "Patient")
-            facts = rt.facts_builder.build(resources, patient_id=patient_id, today=date(2021, 6, 1))
+            facts = rt.content.facts_builder.build(resources, patient_id=patient_id, today=date(2021, 6, 1))
             for task, messages in (("summary", summary_messages(facts)), ("explanation", explanation_messages(facts, ALERT))):
                 out = rt.reasoner.backend.generate(messages, rt.settings.llm_max_new_tokens)
                 text = tidy(out.text)

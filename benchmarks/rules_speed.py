@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -23,10 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.config import Settings  # noqa: E402
-from cds_service.engine import evaluate  # noqa: E402
-from cds_service.rule_cases import CaseBuilder  # noqa: E402
-from cds_service.runtime import Runtime  # noqa: E402
+from cds_service.clinical.engine import evaluate  # noqa: E402
+from cds_service.clinical.rule_cases import CaseBuilder  # noqa: E402
+from cds_service.ehr.validation import ResourceValidator  # noqa: E402
+from cds_service.runtime import Content  # noqa: E402
+from cds_service.settings import Settings  # noqa: E402
 
 CLINICAL = {"Observation", "Condition", "MedicationRequest", "Encounter", "Procedure", "AllergyIntolerance",
             "CarePlan", "DiagnosticReport", "Immunization"}
@@ -70,27 +70,26 @@ def main(argv=None) -> dict:
     if hasattr(os, "sched_setaffinity") and not args.no_pin:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
 
-    with tempfile.TemporaryDirectory() as tmp:
-        rt = Runtime.load(Settings.load({"data_dir": tmp, "llm": "off"}), strict=True)
-        resources, drafts = build_patient(args.resources)
-        rules = [r for r in rt.rulebook.rules if r.status == "active"]
+    content = Content.load(Settings.load({"llm": "off"}))
+    validator = ResourceValidator()
+    resources, drafts = build_patient(args.resources)
+    rules = [r for r in content.rulebook.rules if r.status == "active"]
 
-        t0 = time.perf_counter()
-        rt.validator.check([(f"r[{i}]", r) for i, r in enumerate(resources + drafts)])
-        validate_first = (time.perf_counter() - t0) * 1000
-        t0 = time.perf_counter()
-        rt.validator.check([(f"r[{i}]", r) for i, r in enumerate(resources + drafts)])
-        validate_cached = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    validator.check([(f"r[{i}]", r) for i, r in enumerate(resources + drafts)])
+    validate_first = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    validator.check([(f"r[{i}]", r) for i, r in enumerate(resources + drafts)])
+    validate_cached = (time.perf_counter() - t0) * 1000
 
-        timings, fired = [], 0
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            facts = rt.facts_builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts,
-                                           user_id="Practitioner/bench")
-            results = evaluate(rules, facts, rt.terminology)
-            timings.append((time.perf_counter() - t0) * 1000)
-            fired = sum(1 for r in results if r.outcome == "fired")
-        rt.close()
+    timings, fired = [], 0
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        facts = content.facts_builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts,
+                                            user_id="Practitioner/bench")
+        results = evaluate(rules, facts, content.terminology)
+        timings.append((time.perf_counter() - t0) * 1000)
+        fired = sum(1 for r in results if r.outcome == "fired")
 
     timings.sort()
     figures = {

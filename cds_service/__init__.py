@@ -11,6 +11,6 @@ __all__ = ["__version__", "create_app"]
 
 
 def create_app(config=None):
-    from .app import create_app as _create_app
+    from .protocol.app import create_app as _create_app
 
     return _create_app(config)

@@ -17,6 +17,31 @@ def main() -> None:
     """CDS Hooks service: serve, check rules, prepare the model, audit decisions."""
 
 
+def _settings():
+    from .settings import Settings
+
+    return Settings.load()
+
+
+def _content_or_exit(settings, code: int):
+    """The content, or exit naming the bad file and field."""
+    from .errors import ContentError
+    from .runtime import Content
+
+    try:
+        return Content.load(settings)
+    except ContentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(code)
+
+
+def _storage():
+    from .runtime import Storage
+
+    settings = _settings()
+    return settings, Storage.open(settings)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int)
@@ -25,40 +50,16 @@ def main() -> None:
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Threads per worker.")
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the service under gunicorn (the production WSGI server)."""
-    from .config import Settings
-    from .errors import ContentError
-    from .server import run
+    from .protocol.wsgi_server import run
 
-    settings = Settings.load()
-    try:  # fail before forking workers if content is broken, naming file and field
-        from .rule_model import load_rulebook
-        from .services import load_registry
-        from .terminology import load_terminology
-
-        terminology = load_terminology(settings.fhir_dir / "terminology")
-        load_registry(settings.hooks_dir, load_rulebook(settings.rules_dir, terminology))
-    except ContentError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    settings = _settings()
+    _content_or_exit(settings, 2)  # fail before forking workers if content is broken
     base = f"http://{host}:{port}"
     click.echo(f"CDS Hooks discovery:  {base}/cds-services")
     click.echo(f"OpenAPI document:     {base}/openapi.json")
     click.echo(f"Health / readiness:   {base}/healthz  {base}/readyz")
     click.echo(f"Decision log:         {settings.decision_log_url.split('@')[-1]}")
     run(host, port, workers, threads)
-
-
-def _content(settings):
-    from .facts import FactsBuilder
-    from .mme import MmeCalculator
-    from .rule_model import load_rulebook
-    from .services import load_registry
-    from .terminology import load_terminology
-
-    terminology = load_terminology(settings.fhir_dir / "terminology")
-    rulebook = load_rulebook(settings.rules_dir, terminology)
-    load_registry(settings.hooks_dir, rulebook)
-    return terminology, rulebook, FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir))
 
 
 @main.group()
@@ -69,14 +70,7 @@ def rules() -> None:
 @rules.command("lint")
 def rules_lint() -> None:
     """Check every rule, service and value set file without running anything."""
-    from .config import Settings
-    from .errors import ContentError
-
-    try:
-        _, rulebook, _ = _content(Settings.load())
-    except ContentError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    rulebook = _content_or_exit(_settings(), 1).rulebook
     by_status: dict[str, int] = {}
     for rule in rulebook.rules:
         by_status[rule.status] = by_status.get(rule.status, 0) + 1
@@ -84,21 +78,23 @@ def rules_lint() -> None:
     click.echo(f"ok: {len(rulebook.rules)} rules in {len(rulebook.packs)} packs ({summary})")
 
 
+@rules.command("schema")
+def rules_schema() -> None:
+    """Print the whole JSON Schema of a rule file (with the predicate vocabulary), e.g. for an editor."""
+    from .clinical.rule_model import rule_schema
+
+    click.echo(json.dumps(rule_schema(), indent=2))
+
+
 @rules.command("test")
 @click.argument("rule_ids", nargs=-1)
 @click.option("-v", "--verbose", is_flag=True, help="List every case, not only failures.")
 def rules_test(rule_ids: tuple[str, ...], verbose: bool) -> None:
     """Run each rule's must-fire and must-stay-silent cases (draft rules included)."""
-    from .config import Settings
-    from .errors import ContentError
-    from .rule_cases import run_rule_cases
+    from .clinical.rule_cases import run_rule_cases
 
-    try:
-        terminology, rulebook, builder = _content(Settings.load())
-    except ContentError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    results = run_rule_cases(rulebook, builder, terminology, list(rule_ids) or None)
+    content = _content_or_exit(_settings(), 1)
+    results = run_rule_cases(content.rulebook, content.facts_builder, content.terminology, list(rule_ids) or None)
     failed = [r for r in results if not r.passed]
     for r in results:
         if verbose or not r.passed:
@@ -123,23 +119,21 @@ def pdca_report(since: str | None, fmt: str, output: str | None) -> None:
     """Per rule version: fired, shown, shadow-fired, accepted, overridden, reasons, and what to review."""
     from datetime import date
 
-    from .config import Settings
-    from .database import init_schema, make_engine
-    from .pdca import collect, render_html, render_markdown, review
+    from .audit.pdca import collect, render_html, render_markdown, review
+    from .errors import ContentError
+    from .runtime import Content
 
-    settings = Settings.load()
     if since:
         try:
             date.fromisoformat(since)
         except ValueError:
             raise click.BadParameter("use YYYY-MM-DD", param_hint="--since")
+    settings, storage = _storage()
     try:
-        _, rulebook, _ = _content(settings)
-    except Exception:  # the report still works from the log alone
+        rulebook = Content.load(settings).rulebook
+    except ContentError:  # the report still works from the log alone
         rulebook = None
-    engine = make_engine(settings.decision_log_url)
-    init_schema(engine)
-    stats = collect(engine, since, rulebook)
+    stats = collect(storage.engine, since, rulebook)
     items = review(stats)
     title = "CDS rule review" + (f" since {since}" if since else "")
     text = render_html(stats, items, title) if fmt == "html" else render_markdown(stats, items, title)
@@ -149,17 +143,6 @@ def pdca_report(since: str | None, fmt: str, output: str | None) -> None:
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
-
-
-def _decision_log():
-    from .config import Settings
-    from .database import init_schema, make_engine
-    from .decision_log import DecisionLog
-
-    settings = Settings.load()
-    engine = make_engine(settings.decision_log_url)
-    init_schema(engine)
-    return settings, DecisionLog(engine)
 
 
 def _filter_options(func):
@@ -186,8 +169,8 @@ def audit() -> None:
 @audit.command("verify")
 def audit_verify() -> None:
     """Check the whole hash chain; name the first bad record after any edit, deletion or reordering."""
-    _, log = _decision_log()
-    report = log.verify()
+    _, storage = _storage()
+    report = storage.decision_log.verify()
     if report.ok:
         click.echo(f"ok: {report.checked} records, chain head {report.head_hash or '(empty)'}")
         return
@@ -201,13 +184,13 @@ def audit_verify() -> None:
 @click.option("--full", is_flag=True, help="Print whole records as JSON lines.")
 def audit_query(full: bool, **filters) -> None:
     """List decisions by patient, user, service, rule, time range or indicator."""
-    from .audit import DecisionFilter, query, summary_row
+    from .audit.query import DecisionFilter, FilterError, query, summary_row
 
-    _, log = _decision_log()
+    _, storage = _storage()
     try:
-        records = query(log.engine, DecisionFilter(**filters))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc))
+        records = query(storage.engine, DecisionFilter(**filters))
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}")
     for record in records:
         if full:
             click.echo(json.dumps(record, sort_keys=True))
@@ -225,13 +208,14 @@ def audit_query(full: bool, **filters) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
 def audit_export(fmt: str, output: Path | None, **filters) -> None:
     """Export as a FHIR R4 Bundle of AuditEvent (+ Provenance for LLM text), or as JSON lines."""
-    from .audit import DecisionFilter, export_bundle, query
+    from .audit.export import export_bundle
+    from .audit.query import DecisionFilter, FilterError, query
 
-    _, log = _decision_log()
+    _, storage = _storage()
     try:
-        records = query(log.engine, DecisionFilter(**filters))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc))
+        records = query(storage.engine, DecisionFilter(**filters))
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}")
     text = json.dumps(export_bundle(records), indent=1) if fmt == "fhir" else \
         "\n".join(json.dumps(r, sort_keys=True) for r in records)
     if output:
@@ -245,15 +229,15 @@ def audit_export(fmt: str, output: Path | None, **filters) -> None:
 @click.option("--older-than", "days", type=click.IntRange(1), help="Days to keep (default: CDS_RETENTION_DAYS).")
 def audit_purge(days: int | None) -> None:
     """Delete records past retention; the remaining chain stays verifiable (run it from cron)."""
-    from .audit import purge
+    from .audit.retention import purge
 
-    settings, log = _decision_log()
+    settings, storage = _storage()
     days = days or settings.retention_days
     if not days:
         click.echo("nothing to do: no --older-than and CDS_RETENTION_DAYS is 0 (keep forever)")
         return
-    removed = purge(log, days)
-    report = log.verify()
+    removed = purge(storage.decision_log, days)
+    report = storage.decision_log.verify()
     click.echo(f"purged {removed} decisions older than {days} days; chain {'ok' if report.ok else 'BROKEN'} "
                f"({report.checked} records remain)")
 
@@ -269,10 +253,9 @@ def audit_token() -> None:
               help="Token hash file (default: CDS_AUDIT_TOKENS, else <data dir>/auditors).")
 def audit_token_create(name: str, path: Path | None) -> None:
     """Create a token for NAME: printed once, only its SHA-256 is stored."""
-    from .audit import create_token
-    from .config import Settings
+    from .audit.auditors import create_token
 
-    settings = Settings.load()
+    settings = _settings()
     path = path or (Path(settings.audit_tokens) if settings.audit_tokens else settings.data_dir / "auditors")
     token = create_token(path, name)
     click.echo(token)
@@ -295,10 +278,9 @@ def model() -> None:
 @click.option("--name", help="Model name recorded in the manifest.")
 def model_prepare(weight_format: str, source: Path | None, output: Path | None, name: str | None) -> None:
     """Build the model as an OpenVINO IR (idempotent: a second run reuses the result)."""
-    from .config import Settings
-    from .reasoning.prepare import PrepareError, prepare
+    from .reasoning.preparation.prepare import PrepareError, prepare
 
-    settings = Settings.load()
+    settings = _settings()
     if output is None and settings.model_dir and source is None and weight_format == "int8":
         output = Path(settings.model_dir)
     try:
@@ -320,7 +302,7 @@ def model_prepare(weight_format: str, source: Path | None, output: Path | None, 
 def model_bench(prompts: int, new_tokens: int, backends: str, json_out: Path | None) -> None:
     """PyTorch FP32 vs OpenVINO FP32/INT8/INT4 on the same prompts, in one run: load time, time to first
     token, decode tokens/s, peak RSS and the memory-bandwidth bound."""
-    from .reasoning.bench import run_bench
+    from .reasoning.preparation.bench import run_bench
 
     figures = run_bench([b.strip() for b in backends.split(",") if b.strip()], prompts, new_tokens)
     if json_out:

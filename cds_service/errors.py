@@ -3,11 +3,40 @@
 Each error carries its HTTP status and FHIR issue code, and renders as an OperationOutcome (the
 body CDS Hooks 3.0 recommends for non-2xx answers). `expression` names the offending field as a
 dotted path into the request body (e.g. ``context.draftOrders.entry[0].resource.status``).
+
+    CdsError                  500 exception (a defect: logged once, by the app's handler)
+    ├── InvalidRequest        400 invalid
+    ├── Unauthorized          401 login
+    ├── NotFound              404 not-found
+    ├── MethodNotAllowed      405 not-supported
+    ├── PrefetchUnavailable   412 processing   (ehr.fhir_client.FhirAccessError below it)
+    ├── PayloadTooLarge       413 too-costly
+    ├── UnsupportedMediaType  415 not-supported
+    └── HttpError             any other status werkzeug raises
+
+`ContentError` is apart: a bad hook, rule or terminology file, raised at start-up, never on a request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
+
+
+def field_path(parts: Iterable[str | int]) -> str:
+    """``("entry", 0, "resource")`` -> ``entry[0].resource``: the one way paths are written."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def join_path(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    if not path:
+        return prefix
+    return prefix + path if path.startswith("[") else f"{prefix}.{path}"
 
 
 @dataclass(frozen=True)
@@ -60,10 +89,6 @@ class NotFound(CdsError):
     status, code = 404, "not-found"
 
 
-class UnknownService(NotFound):
-    pass
-
-
 class MethodNotAllowed(CdsError):
     status, code = 405, "not-supported"
 
@@ -80,6 +105,16 @@ class PayloadTooLarge(CdsError):
 
 class UnsupportedMediaType(CdsError):
     status, code = 415, "not-supported"
+
+
+class HttpError(CdsError):
+    """An HTTP error werkzeug raised with a status none of the classes above stands for."""
+
+    code = "processing"
+
+    def __init__(self, status: int, diagnostics: str, **kw):
+        super().__init__(diagnostics, **kw)
+        self.status = status
 
 
 class ContentError(Exception):
@@ -104,8 +139,7 @@ class FieldErrors:
                 if key == "_schema":
                     self.add_messages(value, base)
                     continue
-                child = f"{base}[{key}]" if isinstance(key, int) else (f"{base}.{key}" if base else str(key))
-                self.add_messages(value, child)
+                self.add_messages(value, join_path(base, field_path([key])))
         elif isinstance(messages, (list, tuple)):
             if all(isinstance(m, str) for m in messages):
                 for m in messages:

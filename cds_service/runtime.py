@@ -1,8 +1,7 @@
-"""Everything built once per process at start-up: content, HTTP session, storage, authenticator.
+"""What one process builds once and every request or command shares: the content (terminology, rules,
+services), the storage (decision log, feedback, LLM cache), the FHIR access, client trust and the LLM.
 
-Nothing here is rebuilt per request. `Runtime.load` never raises for bad content: it records what is
-not ready (``/readyz`` says it) so that a broken rule file shows up in monitoring, while
-``cds-service serve`` refuses to start on it (``strict=True``).
+The app factory and the CLI both build from here, so the wiring exists once.
 """
 
 from __future__ import annotations
@@ -12,87 +11,109 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+from sqlalchemy.engine import Engine
 
-from .auth import ClientAuthenticator, load_clients
-from .config import Settings
-from .database import init_schema, make_engine
-from .decision_log import DecisionLog
+from .audit.auditors import AuditorTokens
+from .audit.decision_log import DecisionLog
+from .audit.feedback import FeedbackStore
+from .audit.storage import open_engine
+from .clinical.facts import FactsBuilder
+from .clinical.mme import MmeCalculator
+from .clinical.rule_model import Rulebook, load_rulebook
+from .clinical.terminology import Terminology, load_terminology
+from .ehr.fhir_client import FetchLimits, FhirAccess, ServerAllowlist, new_session
+from .ehr.validation import ResourceValidator
 from .errors import ContentError
-from .facts import FactsBuilder
-from .feedback import FeedbackStore
-from .fhir_client import FetchLimits, FhirClient, ServerAllowlist, new_session
-from .mme import MmeCalculator
-from .reasoning.service import LlmStore, Reasoner
-from .resource_validation import ResourceValidator
-from .rule_model import Rulebook, load_rulebook
-from .services import ServiceRegistry, load_registry
-from .terminology import Terminology, load_terminology
+from .protocol.client_auth import ClientAuthenticator, load_clients
+from .protocol.pipeline import HookPipeline
+from .protocol.registry import ServiceDefinition, ServiceRegistry, load_services
+from .reasoning.reasoner import Reasoner
+from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Content:
+    """hooks/, rules/ and fhir/ loaded and checked; ContentError names the bad file and field."""
+
+    terminology: Terminology
+    rulebook: Rulebook
+    services: list[ServiceDefinition]
+    facts_builder: FactsBuilder
+
+    @classmethod
+    def load(cls, settings: Settings) -> "Content":
+        terminology = load_terminology(settings.fhir_dir / "terminology")
+        rulebook = load_rulebook(settings.rules_dir, terminology)
+        services = load_services(settings.hooks_dir, rulebook)
+        return cls(terminology, rulebook, services, FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir)))
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The service's database: decision log, feedback, LLM text cache (SQLite or PostgreSQL)."""
+
+    engine: Engine
+    decision_log: DecisionLog
+    feedback: FeedbackStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Storage":
+        engine = open_engine(settings.decision_log_url)
+        return cls(engine, DecisionLog(engine), FeedbackStore(engine))
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    terminology: Terminology | None = None
-    rulebook: Rulebook | None = None
+    storage: Storage
+    content: Content | None = None
     registry: ServiceRegistry | None = None
-    facts_builder: FactsBuilder | None = None
-    validator: ResourceValidator = field(default_factory=ResourceValidator)
-    session: requests.Session | None = None
-    allowlist: ServerAllowlist | None = None
-    limits: FetchLimits = field(default_factory=FetchLimits)
-    executor: ThreadPoolExecutor | None = None
-    decision_log: DecisionLog | None = None
-    feedback: FeedbackStore | None = None
-    authenticator: ClientAuthenticator | None = None
+    authenticator: ClientAuthenticator = field(default_factory=lambda: ClientAuthenticator({}))
+    auditors: AuditorTokens = field(default_factory=lambda: AuditorTokens(""))
     reasoner: Reasoner | None = None
     llm_status: str = "off"
     problems: list[str] = field(default_factory=list)
+    _closers: list = field(default_factory=list, repr=False)
 
     @classmethod
     def load(cls, settings: Settings, *, strict: bool = False) -> "Runtime":
-        rt = cls(settings)
+        rt = cls(settings, Storage.open(settings))
         try:
-            rt.terminology = load_terminology(settings.fhir_dir / "terminology")
-            mme = MmeCalculator.load(settings.fhir_dir)
-            rt.facts_builder = FactsBuilder(rt.terminology, mme)
-            rt.rulebook = load_rulebook(settings.rules_dir, rt.terminology)
-            rt.registry = load_registry(settings.hooks_dir, rt.rulebook)
+            rt.content = Content.load(settings)
         except ContentError as exc:
             if strict:
                 raise
             rt.problems.append(f"content: {exc}")
             log.error("content not loaded: %s", exc)
-        rt.allowlist = ServerAllowlist(settings.fhir_allowed_servers)
-        rt.limits = FetchLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout, settings.fhir_max_pages,
-                                settings.fhir_max_response_bytes)
-        rt.session = new_session()
-        rt.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-fetch")
-        engine = make_engine(settings.decision_log_url)
-        init_schema(engine)
-        rt.decision_log = DecisionLog(engine)
-        rt.feedback = FeedbackStore(engine)
         rt.authenticator = ClientAuthenticator(load_clients(settings.clients) if settings.clients else {})
-        rt.reasoner, rt.llm_status = _build_reasoner(settings, engine, rt.terminology)
         if not rt.authenticator.enabled:
             log.warning("CDS_CLIENTS is not set: CDS clients are NOT authenticated (fine for a local sandbox, "
                         "not for production)")
+        rt.auditors = AuditorTokens(settings.audit_tokens)
+        if rt.content is not None:
+            rt.reasoner, rt.llm_status = _build_reasoner(settings, rt.storage.engine, rt.content.terminology)
+            session = new_session()
+            executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-fetch")
+            fhir = FhirAccess(session, ServerAllowlist(settings.fhir_allowed_servers),
+                              FetchLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout,
+                                          settings.fhir_max_pages, settings.fhir_max_response_bytes))
+            pipeline = HookPipeline(ResourceValidator(), fhir, executor, rt.content.facts_builder,
+                                    rt.content.terminology, rt.storage.decision_log, rt.reasoner)
+            rt.registry = ServiceRegistry(rt.content.services, pipeline)
+            rt._closers += [lambda: executor.shutdown(wait=False, cancel_futures=True), session.close]
         return rt
-
-    def fhir_client(self, fhir_server: str | None, access_token: str | None) -> FhirClient | None:
-        if not fhir_server:
-            return None
-        return FhirClient(self.session, fhir_server, access_token=access_token, allowlist=self.allowlist,
-                          limits=self.limits)
 
     def readiness(self) -> dict:
         checks = {
-            "content": "ok" if self.registry is not None else "not loaded",
-            "rules": f"{len(self.rulebook.rules)} loaded" if self.rulebook else "not loaded",
-            "services": f"{len(self.registry.services)} loaded" if self.registry else "not loaded",
-            "decisionLog": "ok" if self.decision_log is not None else "not open",
+            "content": "ok" if self.content is not None else "not loaded",
+            "rules": f"{len(self.content.rulebook.rules)} loaded" if self.content else "not loaded",
+            "services": f"{len(self.content.services)} loaded" if self.content else "not loaded",
+            "decisionLog": "ok",
             "llm": self.llm_status,  # informative: rule cards never depend on it
         }
         return {"ready": not self.problems and self.registry is not None, "checks": checks,
@@ -101,22 +122,20 @@ class Runtime:
     def close(self) -> None:
         if self.reasoner is not None:
             self.reasoner.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.session is not None:
-            self.session.close()
-        if self.decision_log is not None:
-            self.decision_log.engine.dispose()
+        for close in self._closers:
+            close()
+        self.storage.close()
 
 
-def _build_reasoner(settings: Settings, engine, terminology) -> tuple[Reasoner | None, str]:
+def _build_reasoner(settings: Settings, engine: Engine, terminology: Terminology) -> tuple[Reasoner | None, str]:
     """One model object per process. A missing model disables LLM text; it never stops the service."""
     choice = settings.llm.strip()
-    if choice.lower() in ("", "off", "none") or terminology is None:
+    if choice.lower() in ("", "off", "none"):
         return None, "off"
     from .reasoning.backends import GenAiBackend, LlmError, RemoteBackend
+    from .reasoning.cache import LlmStore
     from .reasoning.grounding import GroundingGuard
-    from .reasoning.prepare import default_model_dir
+    from .reasoning.model_cache import default_model_dir
 
     try:
         if choice.lower() == "embedded":

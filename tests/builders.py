@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from cds_service.rule_cases import PATIENT_ID, USER, CaseBuilder
+from cds_service.clinical.rule_cases import PATIENT_ID, USER, CaseBuilder
 
 ORDER_SIGN_SERVICE = "medication-order-check"
 PATIENT_VIEW_SERVICE = "patient-chart-review"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.app import create_app
+from cds_service.protocol.app import create_app
 
 from fhir_fake import FakeFhirServer
+from shared import bundled_content
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -21,6 +22,11 @@ def _isolated_environment(monkeypatch, tmp_path):
         if key.startswith("CDS_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture(scope="session")
+def content():
+    return bundled_content()
 
 
 @pytest.fixture

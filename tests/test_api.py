@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cds_service.schemas import DiscoveryResponseSchema
+from cds_service.protocol.schemas import DiscoveryResponseSchema
 
 
 def test_discovery_lists_services_from_hooks_folder(client):

@@ -80,5 +80,5 @@ def test_client_identity_is_recorded(make_app, keys):
     response = app.test_client().post("/cds-services/medication-order-check", json=body,
                                       headers={"Authorization": f"Bearer {t}"})
     assert response.status_code == 200
-    record = app.extensions["cds_runtime"].decision_log.get(response.headers["X-Decision-Id"])
+    record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
     assert record["client"] == {"id": ISS, "authenticated": True, "tenant": "ward-7"}

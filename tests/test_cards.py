@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from cds_service.cards import validate_card
+from cds_service.protocol.cards import validate_card
 
 GOOD = {
     "uuid": str(uuid.uuid4()), "summary": "Warfarin with ibuprofen: bleeding risk", "indicator": "critical",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.resource_validation import ResourceValidator
-from cds_service.schemas import CdsResponseSchema
+from cds_service.ehr.validation import ResourceValidator
+from cds_service.protocol.schemas import CdsResponseSchema
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cdc_opioid_agreement", ROOT / "benchmarks" / "cdc_opioid_agreement.py")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cds_service.config import Settings
+from cds_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +19,7 @@ def test_compose_references_real_files_targets_and_settings():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     dockerfile = (ROOT / "Dockerfile").read_text()
     targets = set(re.findall(r"^FROM .+ AS (\w+)$", dockerfile, flags=re.M))
-    known = {"CDS_" + f.name.upper() for f in fields(Settings)}
+    known = {"CDS_" + name.upper() for name in Settings.model_fields}
     for name, service in compose["services"].items():
         if "build" in service:
             assert (ROOT / service["build"]["context"] / "Dockerfile").is_file()

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from cds_service.schemas import CdsResponseSchema
+from cds_service.protocol.schemas import CdsResponseSchema
 
 from conftest import load_fixture
 from fhir_fake import Reply, searchset

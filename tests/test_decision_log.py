@@ -13,10 +13,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text, update
 
-from cds_service.audit import AuditorTokens, create_token, export_bundle, purge
+from cds_service.audit.auditors import AuditorTokens, create_token
+from cds_service.audit.export import export_bundle
+from cds_service.audit.retention import purge
 from cds_service.cli import main
-from cds_service.database import decisions, init_schema, make_engine
-from cds_service.decision_log import DecisionLog
+from cds_service.audit.storage import decisions, init_schema, make_engine
+from cds_service.audit.decision_log import DecisionLog
+from cds_service.audit.record import DecisionRecord
 
 import builders
 
@@ -28,7 +31,7 @@ CASE = {"patient": {"age": 70, "gender": "female", "name": [{"family": "Uniquena
 
 
 def _record(app, response) -> dict:
-    return app.extensions["cds_runtime"].decision_log.get(response.headers["X-Decision-Id"])
+    return app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
 
 
 def test_every_call_is_recorded_with_what_an_auditor_needs(app):
@@ -62,7 +65,7 @@ def test_rejected_calls_are_recorded_too(app):
     bad["prefetch"]["patient"]["birthDate"] = "yesterday"
     r400 = client.post(ORDER_SIGN, json=bad)
     r412 = client.post(ORDER_SIGN, json=builders.order_sign(CASE, prefetch_keys=()))
-    log = app.extensions["cds_runtime"].decision_log
+    log = app.extensions["cds_runtime"].storage.decision_log
     assert log.count() == 2
     with log.engine.connect() as conn:
         statuses = [row.status for row in conn.execute(select(decisions.c.status).order_by(decisions.c.seq))]
@@ -92,11 +95,11 @@ def _log_with(tmp_path, n=5) -> DecisionLog:
     return log
 
 
-def _fake_record(i: int, when: str = "2026-11-26T10:00:00.000000Z") -> dict:
-    return {"id": str(uuid.uuid4()), "recordedAt": when, "service": {"id": "svc"}, "hook": "order-sign",
+def _fake_record(i: int, when: str = "2026-11-26T10:00:00.000000Z") -> DecisionRecord:
+    return DecisionRecord({"id": str(uuid.uuid4()), "recordedAt": when, "service": {"id": "svc"}, "hook": "order-sign",
             "hookInstance": str(uuid.uuid4()), "patient": f"Patient/p{i}", "user": "Practitioner/u",
             "client": {"id": None, "authenticated": False}, "data": [], "rules": [], "llm": None,
-            "response": {"status": 200, "cards": []}, "timingsMs": {"total": 1.0}}
+            "response": {"status": 200, "cards": []}, "timingsMs": {"total": 1.0}})
 
 
 @pytest.mark.parametrize("tamper, bad_seq", [
@@ -191,7 +194,7 @@ def test_postgresql_end_to_end_and_concurrent(make_app, postgres_url):
     client = app.test_client()
     response = client.post(ORDER_SIGN, json=builders.order_sign(CASE))
     assert response.status_code == 200
-    log = app.extensions["cds_runtime"].decision_log
+    log = app.extensions["cds_runtime"].storage.decision_log
     assert log.engine.dialect.name == "postgresql" and log.get(response.headers["X-Decision-Id"])
     card = response.get_json()["cards"][0]
     again = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
@@ -213,8 +216,8 @@ def test_fhir_export_is_valid_r4(app):
     client.post(ORDER_SIGN, json=builders.order_sign(CASE))
     bad = builders.order_sign(CASE, prefetch_keys=())
     client.post(ORDER_SIGN, json=bad)
-    log = app.extensions["cds_runtime"].decision_log
-    from cds_service.audit import DecisionFilter, query
+    log = app.extensions["cds_runtime"].storage.decision_log
+    from cds_service.audit.query import DecisionFilter, query
     records = query(log.engine, DecisionFilter())
     records[0]["llm"] = {"modelId": "m@int8", "task": "explanation", "items": [
         {"task": "explanation", "promptHash": "a" * 64, "status": "cached", "guard": {"accepted": True}}]}
@@ -243,7 +246,7 @@ def test_audit_cli_verify_query_export(make_app, tmp_path, monkeypatch):
     out = tmp_path / "export.json"
     assert runner.invoke(main, ["audit", "export", "--format", "fhir", "-o", str(out)]).exit_code == 0
     assert json.loads(out.read_text())["entry"][0]["resource"]["resourceType"] == "AuditEvent"
-    log = app.extensions["cds_runtime"].decision_log
+    log = app.extensions["cds_runtime"].storage.decision_log
     with log.engine.begin() as conn:
         conn.execute(update(decisions).where(decisions.c.seq == 1).values(service_id="other"))
     broken = runner.invoke(main, ["audit", "verify"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import requests
 
-from cds_service.database import make_engine
-from cds_service.decision_log import DecisionLog
+from cds_service.audit.storage import make_engine
+from cds_service.audit.decision_log import DecisionLog
 
 import builders
 from test_serve import free_port, wait_ready

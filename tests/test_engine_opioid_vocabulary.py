@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service.config import Settings
-from cds_service.engine import Evaluation, covered_days, evaluate_rule, minus_months, qualitative_result
-from cds_service.rule_cases import PATIENT_ID, USER, CaseBuilder
-from cds_service.rule_model import load_rule
+from cds_service.settings import Settings
+from cds_service.clinical.engine import Evaluation, evaluate_rule
+from cds_service.clinical.predicates import covered_days, minus_months, qualitative_result
+from cds_service.clinical.rule_cases import PATIENT_ID, USER, CaseBuilder
+from cds_service.clinical.rule_model import load_rule
 from cds_service.runtime import Runtime
 
 TODAY = date(2026, 6, 1)
@@ -36,7 +37,7 @@ def rt(tmp_path_factory):
 
 def _facts(rt, case: dict):
     resources, drafts = CaseBuilder(TODAY).build(case)
-    return rt.facts_builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts, today=TODAY, user_id=USER)
+    return rt.content.facts_builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts, today=TODAY, user_id=USER)
 
 
 def holds(rt, case: dict, condition: dict, bindings: dict | None = None) -> bool:
@@ -44,7 +45,7 @@ def holds(rt, case: dict, condition: dict, bindings: dict | None = None) -> bool
     b = dict(bindings or {})
     if "draft" in b:
         b["draft"] = facts.draft_orders[b["draft"]]
-    return Evaluation(facts, rt.terminology).test(condition, b) is not None
+    return Evaluation(facts, rt.content.terminology).test(condition, b) is not None
 
 
 # -- medication filters ----------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_total_mme_counts_only_orders_matching_the_filter(rt):
 # -- observation result -------------------------------------------------------------------------------
 
 def _obs(**fields):
-    from cds_service.facts import Observation
+    from cds_service.clinical.facts import Observation
     base = dict(id="o", name="test", codes=(), value=None, unit=None, value_codes=(), value_text=None,
                 interpretation=(), when=None, status="final", categories=frozenset())
     return Observation(**{**base, **fields})
@@ -184,7 +185,7 @@ def test_diagnosis_in_makes_the_rule_read_conditions(rt, tmp_path):
     path = tmp_path / "rules" / "probe" / "probe-rule.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(yaml.safe_dump(rule))
-    loaded = load_rule(path, tmp_path / "rules", rt.terminology)
+    loaded = load_rule(path, tmp_path / "rules", rt.content.terminology)
     assert loaded.reads == frozenset({"Encounter", "Condition"})
 
 
@@ -230,7 +231,7 @@ def test_coverage_in_each_of_the_last_months(rt):
     cond = {"coverage": {"in": OPIOIDS, "each_month_of_last": 3, "days": {"gte": 21}, "as": "days_on"}}
     case = {"medications": [{**OXY, "authoredDaysAgo": 92, "supplyDays": 90}]}  # 2026-03-01 .. 2026-05-30
     facts = _facts(rt, case)
-    bound = Evaluation(facts, rt.terminology).test(cond, {})
+    bound = Evaluation(facts, rt.content.terminology).test(cond, {})
     assert bound is not None and bound["days_on"] == [31, 30, 29]
     case["medications"][0]["supplyDays"] = 62  # ends 2026-05-02: 1 day of the last month
     assert not holds(rt, case, cond)
@@ -255,12 +256,12 @@ def test_max_cards_caps_findings_across_draft_orders(rt, tmp_path):
     folder.mkdir(parents=True)
     facts = _facts(rt, {"draftOrders": [{**OXY, "supplyDays": 5}, {**OXY, "supplyDays": 6}]})
     (folder / "probe-cap.yaml").write_text(yaml.safe_dump(rule))
-    assert len(evaluate_rule(load_rule(folder / "probe-cap.yaml", tmp_path / "rules", rt.terminology), facts,
-                             rt.terminology).findings) == 2
+    assert len(evaluate_rule(load_rule(folder / "probe-cap.yaml", tmp_path / "rules", rt.content.terminology), facts,
+                             rt.content.terminology).findings) == 2
     (folder / "probe-cap.yaml").write_text(yaml.safe_dump({**rule, "max_cards": 1}))
-    capped = load_rule(folder / "probe-cap.yaml", tmp_path / "rules", rt.terminology)
+    capped = load_rule(folder / "probe-cap.yaml", tmp_path / "rules", rt.content.terminology)
     assert capped.max_cards == 1
-    assert len(evaluate_rule(capped, facts, rt.terminology).findings) == 1
+    assert len(evaluate_rule(capped, facts, rt.content.terminology).findings) == 1
 
 
 def test_the_additions_are_documented_in_rules_readme():

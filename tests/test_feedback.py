@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import select
 
-from cds_service.database import feedback
+from cds_service.audit.storage import feedback
 
 import builders
 
@@ -20,7 +20,7 @@ def _card(client):
 
 
 def _rows(app):
-    with app.extensions["cds_runtime"].feedback.engine.connect() as conn:
+    with app.extensions["cds_runtime"].storage.feedback.engine.connect() as conn:
         return conn.execute(select(feedback)).mappings().all()
 
 

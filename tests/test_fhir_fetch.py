@@ -8,10 +8,10 @@ from datetime import date
 
 import pytest
 
-from cds_service.fhir_client import (FetchLimits, FhirAuthRejected, FhirBadResponse, FhirClient,
+from cds_service.ehr.fhir_client import (FetchLimits, FhirAuthRejected, FhirBadResponse, FhirClient,
                                      FhirServerNotAllowed, FhirUnreachable, ServerAllowlist, new_session)
 
-from cds_service.rule_cases import CaseBuilder
+from cds_service.clinical.rule_cases import CaseBuilder
 
 import builders
 from fhir_fake import Reply, searchset
@@ -147,6 +147,6 @@ def test_fetch_through_the_app_then_token_never_logged_or_stored(make_app, fake_
     assert all(s.headers.get("Authorization") == f"Bearer {TOKEN}" for s in fake_fhir.seen)
     assert TOKEN not in caplog.text
     rt = app.extensions["cds_runtime"]
-    with rt.decision_log.engine.connect() as conn:
+    with rt.storage.decision_log.engine.connect() as conn:
         dump = "\n".join(str(row) for row in conn.exec_driver_sql("SELECT * FROM decisions"))
     assert TOKEN not in dump and "case-patient" in dump

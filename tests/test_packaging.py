@@ -34,7 +34,7 @@ def test_installed_copy_loads_its_packaged_content(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(target)
     code = ("import cds_service.content as c, sys; d = c.default_content_dir(); "
             "assert d.name == '_content', d; "
-            "from cds_service.app import create_app; "
+            "from cds_service.protocol.app import create_app; "
             f"app = create_app({{'CDS_DATA_DIR': {str(tmp_path / 'data')!r}}}); "
             "r = app.test_client().get('/readyz').get_json(); assert r['ready'], r; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from sqlalchemy import insert
 
 from cds_service.cli import main
-from cds_service.database import feedback, init_schema, make_engine, rule_outcomes
-from cds_service.pdca import collect, render_html, render_markdown, review
+from cds_service.audit.storage import feedback, init_schema, make_engine, rule_outcomes
+from cds_service.audit.pdca import collect, render_html, render_markdown, review
 
 import builders
 

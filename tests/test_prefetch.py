@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cds_service.errors import PrefetchUnavailable
-from cds_service.fhir_client import FhirClient, ServerAllowlist, new_session
-from cds_service.prefetch import OnUnavailable, Origin, PrefetchTemplate, resolve
+from cds_service.ehr.fhir_client import FhirClient, ServerAllowlist, new_session
+from cds_service.ehr.prefetch import OnUnavailable, Origin, PrefetchTemplate, resolve
 
 import builders
 from fhir_fake import Reply, searchset
@@ -31,19 +31,19 @@ def template(key, text, policy="fail"):
     ("Observation?subject=Patient/{{ context.patientId }}&code=4548-4", "Observation?subject=Patient/p1&code=4548-4"),
 ])
 def test_tokens_render_from_context(text, expected):
-    from cds_service.prefetch import token_root
+    from cds_service.ehr.prefetch import token_root
     assert template("k", text).render(token_root(CONTEXT), {}) == expected
 
 
 def test_missing_context_or_user_token_means_not_applicable():
-    from cds_service.prefetch import token_root
+    from cds_service.ehr.prefetch import token_root
     context = {"userId": "Practitioner/u", "patientId": "p1"}
     assert template("k", "Encounter/{{context.encounterId}}").render(token_root(context), {}) is None
     assert template("k", "PractitionerRole/{{userPractitionerRoleId}}").render(token_root(context), {}) is None
 
 
 def test_today_arithmetic_renders_a_date():
-    from cds_service.prefetch import token_root
+    from cds_service.ehr.prefetch import token_root
     out = template("k", "Observation?date=gt{{today() - 90 days}}").render(token_root(CONTEXT), {})
     assert out.startswith("Observation?date=gt20") and len(out) == len("Observation?date=gt") + 10
 
@@ -148,6 +148,6 @@ def test_skipped_key_skips_the_rules_that_read_it(app):
                                prefetch_keys=("patient", "medications", "allergies"))
     response = app.test_client().post("/cds-services/medication-order-check", json=body)
     assert response.status_code == 200
-    record = app.extensions["cds_runtime"].decision_log.get(response.headers["X-Decision-Id"])
+    record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
     origins = {d["key"]: d["origin"] for d in record["data"]}
     assert origins["conditions"] == "unavailable" and origins["labs"] == "unavailable"

@@ -15,7 +15,8 @@ import pytest
 
 from cds_service.reasoning.backends import GenAiBackend, Generation, RemoteBackend
 from cds_service.reasoning.grounding import GroundingGuard, tidy
-from cds_service.reasoning.prepare import default_model_dir, prepare, read_manifest
+from cds_service.reasoning.model_cache import default_model_dir
+from cds_service.reasoning.preparation.prepare import prepare, read_manifest
 
 import builders
 from tiny_model import build_tiny_hf_model
@@ -35,8 +36,8 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def terminology():
-    from cds_service.config import Settings
-    from cds_service.terminology import load_terminology
+    from cds_service.settings import Settings
+    from cds_service.clinical.terminology import load_terminology
     return load_terminology(Settings.load({"llm": "off"}).fhir_dir / "terminology")
 
 
@@ -163,10 +164,12 @@ class GatedBackend:
 
 def _with_backend(app, backend, budget_ms=50):
     from cds_service.reasoning.grounding import GroundingGuard
-    from cds_service.reasoning.service import LlmStore, Reasoner
+    from cds_service.reasoning.reasoner import Reasoner
+    from cds_service.reasoning.cache import LlmStore
     rt = app.extensions["cds_runtime"]
-    rt.reasoner = Reasoner(backend, LlmStore(rt.decision_log.engine), GroundingGuard(rt.terminology),
+    rt.reasoner = Reasoner(backend, LlmStore(rt.storage.engine), GroundingGuard(rt.content.terminology),
                            budget_ms=budget_ms)
+    rt.registry.pipeline.reasoner = rt.reasoner
     return rt
 
 
@@ -181,7 +184,7 @@ def test_slow_backend_never_holds_back_rule_cards_and_text_arrives_on_the_next_c
     cards = first.get_json()["cards"]
     assert any(c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid" for c in cards)
     assert all("AI-generated" not in c.get("detail", "") for c in cards)
-    record = rt.decision_log.get(first.headers["X-Decision-Id"])
+    record = rt.storage.decision_log.get(first.headers["X-Decision-Id"])
     assert record["llm"]["modelId"] == "gated-test-model"
     assert {i["status"] for i in record["llm"]["items"]} == {"pending"}
     backend.gate.set()
@@ -196,7 +199,7 @@ def test_slow_backend_never_holds_back_rule_cards_and_text_arrives_on_the_next_c
                 if c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid")
     assert "AI-generated explanation" in card["detail"] and "gated-test-model" in card["detail"]
     assert card["indicator"] == "critical"  # unchanged by LLM text
-    record = rt.decision_log.get(second.headers["X-Decision-Id"])
+    record = rt.storage.decision_log.get(second.headers["X-Decision-Id"])
     assert "cached" in {i["status"] for i in record["llm"]["items"]}
     assert backend.calls == len(record["llm"]["items"])  # each prompt generated once, then served from the cache
 
@@ -208,7 +211,7 @@ def test_ungrounded_text_is_dropped_and_recorded(make_app):
     rt = _with_backend(app, backend, budget_ms=5000)
     response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE))
     assert all("AI-generated" not in c.get("detail", "") for c in response.get_json()["cards"])
-    item = rt.decision_log.get(response.headers["X-Decision-Id"])["llm"]["items"][0]
+    item = rt.storage.decision_log.get(response.headers["X-Decision-Id"])["llm"]["items"][0]
     assert item["guard"]["accepted"] is False and any("apixaban" in r for r in item["guard"]["reasons"])
     assert item["output"].startswith("Stop warfarin")
 
@@ -232,7 +235,7 @@ def test_llm_off_means_no_model_and_no_llm_record(make_app):
     assert rt.reasoner is None and rt.readiness()["checks"]["llm"] == "off"
     response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE))
     assert response.status_code == 200
-    assert rt.decision_log.get(response.headers["X-Decision-Id"])["llm"] is None
+    assert rt.storage.decision_log.get(response.headers["X-Decision-Id"])["llm"] is None
 
 
 def test_embedded_without_a_prepared_model_still_serves_rule_cards(make_app, tmp_path):
@@ -247,7 +250,7 @@ def test_embedded_tiny_model_end_to_end(make_app, tiny_model):
     rt = app.extensions["cds_runtime"]
     assert rt.readiness()["checks"]["llm"] == tiny_model.model_id
     response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE))
-    items = rt.decision_log.get(response.headers["X-Decision-Id"])["llm"]["items"]
+    items = rt.storage.decision_log.get(response.headers["X-Decision-Id"])["llm"]["items"]
     assert items and items[0]["status"] == "generated" and "guard" in items[0]  # random weights: verdict varies
 
 

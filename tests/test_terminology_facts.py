@@ -6,12 +6,12 @@ from datetime import date
 
 import pytest
 
-from cds_service.config import Settings
-from cds_service.facts import FactsBuilder
-from cds_service.mme import MmeCalculator
-from cds_service.renal import ckd_epi_2021, creatinine_mg_dl, latest_egfr
-from cds_service.rule_cases import PATIENT_ID, CaseBuilder
-from cds_service.terminology import ICD10CM, RXNORM, load_terminology
+from cds_service.settings import Settings
+from cds_service.clinical.facts import FactsBuilder
+from cds_service.clinical.mme import MmeCalculator
+from cds_service.clinical.renal import ckd_epi_2021, creatinine_mg_dl, latest_egfr
+from cds_service.clinical.rule_cases import PATIENT_ID, CaseBuilder
+from cds_service.clinical.terminology import ICD10CM, RXNORM, load_terminology
 
 SETTINGS = Settings.load({"llm": "off"})
 

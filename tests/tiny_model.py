@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cds_service.reasoning.prepare import CHATML_TEMPLATE
+from cds_service.reasoning.preparation.prepare import CHATML_TEMPLATE
 
 SENTENCES = [
     "The patient takes warfarin and ibuprofen.", "Potassium is 5.9 mmol/L.", "Metformin with eGFR 24.",

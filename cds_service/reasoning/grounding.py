@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..terminology import Terminology
+from ..clinical.terminology import Terminology
 
 # Lab tests a summary might name (lower case; matched on word boundaries).
 LAB_TERMS = (

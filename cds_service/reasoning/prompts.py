@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..facts import Facts
+from ..clinical.facts import Facts
 
 NOTABLE_LABS = {  # LOINC -> short name, the labs a summary is worth
     "2823-3": "potassium", "6298-4": "potassium", "2951-2": "sodium", "2947-0": "sodium", "2160-0": "creatinine",

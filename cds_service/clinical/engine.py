@@ -1,0 +1,232 @@
+"""The rules engine: a pure function (rules, facts) -> results, each naming rule id and version.
+
+No I/O. A condition is a tree of `all` / `any` / `not` over the predicates of predicates.py (see
+rules/README.md); `Evaluation.solutions` backtracks over the alternatives each predicate binds.
+
+Status semantics: `active` rules fire cards; `shadow` rules are evaluated and recorded but show no
+card; `retired` rules are never evaluated; `draft` rules run only in rule tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from ..indicators import RANK
+from .facts import Facts, Medication
+from .predicates import Bindings, compare, listify, lookup, same_ingredient
+from .rule_model import Rule
+from .terminology import Terminology
+
+MAX_FINDINGS_PER_RULE = 5  # one rule never floods the clinician with cards
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: Rule
+    indicator: str
+    bindings: Mapping[str, Any]
+    refs: tuple[str, ...]            # the resources that made the rule fire (draft, bound matches)
+    summary: str | None = None       # escalation may replace the summary template
+    suggestion_indices: tuple[int, ...] = ()  # card suggestions whose `when` holds (all when none has one)
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: Rule
+    outcome: str                     # fired | not-fired | skipped | error
+    findings: tuple[Finding, ...] = ()
+    reason: str | None = None
+
+    @property
+    def shows_cards(self) -> bool:
+        return self.outcome == "fired" and self.rule.status == "active"
+
+
+class Evaluation:
+    """Evaluates conditions for one rule against one Facts (and one draft order, when bound)."""
+
+    def __init__(self, facts: Facts, terminology: Terminology):
+        self.facts = facts
+        self.terminology = terminology
+        self._memo: dict = facts.derived.setdefault("memo", {})
+
+    # -- value-set membership ---------------------------------------------------------------
+    def codes_in(self, refs, codings) -> bool:
+        for ref in listify(refs):
+            if "|" in ref:
+                system, _, code = ref.partition("|")
+                if any(c == code and (not system or s == system) for s, c in codings):
+                    return True
+            elif self.terminology.codes_match(ref, codings):
+                return True
+        return False
+
+    def med_in(self, refs, med: Medication) -> bool:
+        key = ("med_in", tuple(listify(refs)), med.ref, med.is_draft)
+        if key not in self._memo:
+            hit = False
+            for ref in listify(refs):
+                if ref.startswith("ingredient:"):
+                    hit = ref[len("ingredient:"):] in med.ingredients
+                    if hit:
+                        break
+                    continue
+                vs = self.terminology.valuesets.get(ref) if "|" not in ref else None
+                if vs is not None and vs.is_drug_class and ref in med.classes:
+                    hit = True
+                elif self.codes_in(ref, med.codes):
+                    hit = True
+                if hit:
+                    break
+            self._memo[key] = hit
+        return self._memo[key]
+
+    # -- medications ----------------------------------------------------------------------------
+    def med_matches(self, spec: Mapping, med: Medication, b: Bindings) -> bool:
+        f = self.facts
+        if "in" in spec and not self.med_in(spec["in"], med):
+            return False
+        if "not_in" in spec and self.med_in(spec["not_in"], med):
+            return False
+        if "same_ingredient_as" in spec:
+            other = b.get(spec["same_ingredient_as"])
+            if other is None or other is med or not same_ingredient(med, other):
+                return False
+        if "same_class_as" in spec:
+            other = b.get(spec["same_class_as"]["binding"])
+            classes = set(listify(spec["same_class_as"]["classes"]))
+            if other is None or other is med or same_ingredient(med, other) \
+                    or not (med.classes & other.classes & classes):
+                return False
+        if "category" in spec and not (med.categories & set(spec["category"])):
+            return False
+        if "not_category" in spec and med.categories & set(spec["not_category"]):
+            return False
+        if "status" in spec and med.status not in spec["status"]:
+            return False
+        if "days_supplied" in spec and not compare(med.days_supplied, spec["days_supplied"]):
+            return False
+        if "authored_days_ago" in spec and not compare(f.days_ago(med.authored), spec["authored_days_ago"]):
+            return False
+        if "mme_per_day" in spec and not compare(med.mme_per_day, spec["mme_per_day"]):
+            return False
+        if "authored_after" in spec:
+            anchor = b.get(spec["authored_after"])
+            when = getattr(anchor, "when", None)
+            if when is None or med.authored is None or med.authored < when:
+                return False
+        if "supply_days" in spec and not compare(med.supply_days, spec["supply_days"]):
+            return False
+        if "validity_days" in spec and not compare(med.validity_days, spec["validity_days"]):
+            return False
+        if "supply_or_validity_days" in spec:
+            known = [d for d in (med.supply_days, med.validity_days) if d is not None]
+            if not compare(max(known) if known else None, spec["supply_or_validity_days"]):
+                return False
+        if "authored_within_days_before" in spec:
+            window = spec["authored_within_days_before"]
+            anchor = getattr(b.get(window["binding"]), "when", None)
+            if anchor is None or med.authored is None:
+                return False
+            days_before = (anchor.date() - med.authored.date()).days
+            if not 1 <= days_before <= window["days"]:
+                return False
+        return True
+
+    def med_pool(self, among: str, b: Bindings) -> tuple[Medication, ...]:
+        f = self.facts
+        draft = b.get("draft")
+        others = tuple(d for d in f.draft_orders if d is not draft)
+        if among == "active":
+            return f.active_medications
+        if among == "drafts":
+            return f.draft_orders
+        if among == "other_drafts":
+            return others
+        if among == "active_or_other_drafts":
+            return f.active_medications + others
+        if among == "history":
+            return f.medications
+        raise ValueError(among)
+
+    # -- predicates -------------------------------------------------------------------------------
+    def solutions(self, node: Mapping, b: Bindings) -> Iterator[Bindings]:
+        """Every way the condition holds, as bindings (backtracking over `as:` alternatives)."""
+        (name, args), = node.items()
+        if name == "all":
+            yield from self._all(args, 0, b)
+        elif name == "any":
+            for child in args:
+                yield from self.solutions(child, b)
+        elif name == "not":
+            if self.test(args, b) is None:
+                yield b
+        else:
+            found, negated = lookup(name)
+            if not negated:
+                yield from found.evaluate(self, args, b)
+            elif next(found.evaluate(self, args, b), None) is None:
+                yield b
+
+    def _all(self, children, i: int, b: Bindings) -> Iterator[Bindings]:
+        if i == len(children):
+            yield b
+            return
+        for found in self.solutions(children[i], b):
+            yield from self._all(children, i + 1, found)
+
+    def test(self, node: Mapping, b: Bindings) -> Bindings | None:
+        return next(self.solutions(node, b), None)
+
+
+def _refs(bindings: Mapping[str, Any]) -> tuple[str, ...]:
+    refs = []
+    for key, value in bindings.items():
+        if key.endswith("_all"):
+            continue
+        ref = getattr(value, "ref", None)
+        if isinstance(ref, str):
+            refs.append(ref)
+    return tuple(sorted(set(refs)))
+
+
+def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleResult:
+    missing = rule.reads & facts.unavailable
+    if missing:
+        return RuleResult(rule, "skipped", reason=f"data unavailable: {', '.join(sorted(missing))}")
+    ev = Evaluation(facts, terminology)
+    try:
+        starts: list[Bindings] = [{"draft": d} for d in facts.draft_orders] if rule.foreach == "draft_medication" \
+            else [{}]
+        findings: list[Finding] = []
+        seen: set[tuple[str, ...]] = set()
+        limit = min(rule.max_cards or MAX_FINDINGS_PER_RULE, MAX_FINDINGS_PER_RULE)
+        for start in starts:
+            if len(findings) >= limit:
+                break  # the cap holds across draft orders too
+            for bound in ev.solutions(rule.when, start):
+                refs = _refs(bound)
+                if refs in seen:
+                    continue  # the same resources seen again (e.g. a pair from the other draft's side)
+                seen.add(refs)
+                indicator, summary = rule.indicator, None
+                for esc in rule.escalate:
+                    if ev.test(esc["when"], bound) is not None \
+                            and RANK[esc["indicator"]] > RANK[indicator]:
+                        indicator, summary = esc["indicator"], esc.get("summary")
+                chosen = tuple(i for i, s in enumerate(rule.card.get("suggestions") or [])
+                               if "when" not in s or ev.test(s["when"], bound) is not None)
+                findings.append(Finding(rule, indicator, bound, refs, summary, chosen))
+                if len(findings) >= limit:
+                    break
+    except Exception as exc:  # a rule bug must not break the hook call; it is recorded
+        return RuleResult(rule, "error", reason=f"{type(exc).__name__}: {exc}")
+    return RuleResult(rule, "fired" if findings else "not-fired", tuple(findings))
+
+
+def evaluate(rules: list[Rule], facts: Facts, terminology: Terminology,
+             statuses: tuple[str, ...] = ("active", "shadow")) -> list[RuleResult]:
+    """Evaluate every rule whose status is in `statuses` (retired rules never run)."""
+    return [evaluate_rule(rule, facts, terminology) for rule in rules
+            if rule.status in statuses and rule.status != "retired"]

@@ -1,0 +1,239 @@
+"""Rule test cases: every rule ships cases that must fire and cases that must stay silent.
+
+Cases are written in a compact form (see rules/README.md) and expanded here into real FHIR R4
+resources, which then go through the same validation, facts builder, engine and card builder as a
+live hook call. Used by ``cds-service rules test`` and by the test suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from ..protocol.cards import cards_for
+from .engine import evaluate_rule
+from ..errors import InvalidRequest
+from .facts import FactsBuilder
+from ..ehr.validation import ResourceValidator
+from .rule_model import Rule, Rulebook
+from .terminology import LOINC, RXNORM, SNOMED, Terminology
+
+PATIENT_ID = "case-patient"
+USER = "Practitioner/case-user"
+_SYSTEMS = {"rxnorm": RXNORM, "loinc": LOINC, "snomed": SNOMED, "sct": SNOMED,
+            "icd10": "http://hl7.org/fhir/sid/icd-10-cm", "icd-10-cm": "http://hl7.org/fhir/sid/icd-10-cm"}
+
+
+def _coding(spec: str, default_system: str) -> dict:
+    system, sep, code = spec.partition("|")
+    if not sep:
+        system, code = default_system, spec
+    return {"system": _SYSTEMS.get(system.lower(), system), "code": code}
+
+
+def _concept(item: dict, default_system: str) -> dict:
+    concept: dict[str, Any] = {}
+    codes = item.get("code")
+    if codes:
+        concept["coding"] = [_coding(c, default_system) for c in ([codes] if isinstance(codes, str) else codes)]
+        if item.get("text"):
+            concept["coding"][0]["display"] = item["text"]
+    if item.get("text"):
+        concept["text"] = item["text"]
+    return concept
+
+
+class CaseBuilder:
+    def __init__(self, today: date):
+        self.today = today
+        self.now = datetime(today.year, today.month, today.day, 12, tzinfo=timezone.utc)
+        self.counter = 0
+
+    def _id(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}-{self.counter}"
+
+    def _when(self, days_ago) -> str:
+        return (self.now - timedelta(days=float(days_ago))).isoformat()
+
+    def patient(self, spec: dict | None) -> dict:
+        spec = dict(spec or {})
+        age = spec.pop("age", 60)
+        birth = spec.pop("birthDate", None) or date(self.today.year - int(age), 1, 1).isoformat()
+        if isinstance(birth, date):
+            birth = birth.isoformat()
+        return {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": birth,
+                "gender": spec.pop("gender", "female"), **spec}
+
+    def medication(self, item, *, draft: bool) -> dict:
+        item = {"text": item} if isinstance(item, str) else dict(item)
+        r: dict[str, Any] = {
+            "resourceType": "MedicationRequest", "id": item.get("id") or self._id("draft" if draft else "med"),
+            "status": item.get("status", "draft" if draft else "active"), "intent": item.get("intent", "order"),
+            "medicationCodeableConcept": _concept(item, RXNORM), "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "authoredOn": self._when(item.get("authoredDaysAgo", 0 if draft else 30)),
+            "requester": {"reference": item.get("requester", USER)},
+        }
+        if item.get("category"):
+            r["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medicationrequest-category",
+                                          "code": item["category"]}]}]
+        dosage: dict[str, Any] = {}
+        if item.get("dose"):
+            dose = item["dose"]
+            dosage["doseAndRate"] = [{"doseQuantity": {"value": dose["value"], "unit": dose.get("unit", "tablet"),
+                                                       **({"code": dose["unit"], "system": "http://unitsofmeasure.org"}
+                                                          if dose.get("unit") in ("mg", "ug", "mL") else {})}}]
+        if item.get("perDay"):
+            dosage["timing"] = {"repeat": {"frequency": item["perDay"], "period": 1, "periodUnit": "d"}}
+        if dosage:
+            r["dosageInstruction"] = [dosage]
+        dispense: dict[str, Any] = {}
+        if item.get("supplyDays") is not None:
+            dispense["expectedSupplyDuration"] = {"value": item["supplyDays"], "unit": "days",
+                                                  "system": "http://unitsofmeasure.org", "code": "d"}
+        if item.get("validityDays") is not None:
+            start = self.now - timedelta(days=float(item.get("authoredDaysAgo", 0 if draft else 30)))
+            dispense["validityPeriod"] = {"start": start.isoformat(),
+                                          "end": (start + timedelta(days=item["validityDays"])).isoformat()}
+        if dispense:
+            r["dispenseRequest"] = dispense
+        return r
+
+    def condition(self, item) -> dict:
+        item = {"text": item} if isinstance(item, str) else dict(item)
+        r = {"resourceType": "Condition", "id": self._id("cond"), "code": _concept(item, SNOMED),
+             "subject": {"reference": f"Patient/{PATIENT_ID}"},
+             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                            "code": item.get("clinicalStatus", "active")}]},
+             "recordedDate": self._when(item.get("daysAgo", 100))}
+        if item.get("category"):
+            r["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                                          "code": item["category"]}]}]
+        return r
+
+    def allergy(self, item) -> dict:
+        item = {"text": item} if isinstance(item, str) else dict(item)
+        r = {"resourceType": "AllergyIntolerance", "id": self._id("allergy"), "code": _concept(item, RXNORM),
+             "patient": {"reference": f"Patient/{PATIENT_ID}"}, "category": ["medication"],
+             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                                            "code": item.get("clinicalStatus", "active")}]}}
+        if item.get("criticality"):
+            r["criticality"] = item["criticality"]
+        return r
+
+    def observation(self, item) -> dict:
+        item = dict(item)
+        r: dict[str, Any] = {"resourceType": "Observation", "id": self._id("obs"), "status": item.get("status", "final"),
+                             "code": _concept(item, LOINC), "subject": {"reference": f"Patient/{PATIENT_ID}"},
+                             "effectiveDateTime": self._when(item.get("daysAgo", 1))}
+        if "value" in item:
+            r["valueQuantity"] = {"value": item["value"], **({"unit": item["unit"]} if item.get("unit") else {})}
+        if item.get("valueCode"):
+            r["valueCodeableConcept"] = {"coding": [_coding(item["valueCode"], SNOMED)]}
+        if item.get("interpretation"):
+            r["interpretation"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                                "code": item["interpretation"]}]}]
+        if item.get("category"):
+            r["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                          "code": item["category"]}]}]
+        return r
+
+    def event(self, item) -> dict:
+        item = dict(item)
+        rtype = item.get("type", "Procedure")
+        r: dict[str, Any] = {"resourceType": rtype, "id": self._id(rtype.lower())}
+        when = self._when(item.get("daysAgo", 10))
+        subject = {"reference": f"Patient/{PATIENT_ID}"}
+        if rtype == "Encounter":
+            r.update({"status": item.get("status", "finished"),
+                      "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": item.get("class", "AMB")},
+                      "subject": subject, "period": {"start": when, "end": when}})
+            if item.get("code"):
+                r["type"] = [_concept(item, SNOMED)]
+            if item.get("dischargeDisposition"):
+                r["hospitalization"] = {"dischargeDisposition": {"coding": [_coding(item["dischargeDisposition"], SNOMED)]}}
+        elif rtype == "CarePlan":
+            r.update({"status": item.get("status", "active"), "intent": "plan", "subject": subject, "created": when,
+                      "category": [_concept(item, LOINC)], "author": {"reference": item.get("author", USER)}})
+        elif rtype == "ServiceRequest":
+            r.update({"status": item.get("status", "active"), "intent": "order", "subject": subject,
+                      "code": _concept(item, SNOMED), "authoredOn": when})
+        else:
+            r.update({"status": item.get("status", "completed"), "subject": subject, "code": _concept(item, SNOMED),
+                      "performedDateTime": when})
+            if item.get("performer"):
+                r["performer"] = [{"actor": {"reference": item["performer"]}}]
+        return r
+
+    def build(self, case: dict) -> tuple[list[dict], list[dict]]:
+        resources = [self.patient(case.get("patient"))]
+        resources += [self.medication(m, draft=False) for m in case.get("medications") or []]
+        resources += [self.condition(c) for c in case.get("conditions") or []]
+        resources += [self.allergy(a) for a in case.get("allergies") or []]
+        resources += [self.observation(o) for o in case.get("observations") or []]
+        resources += [self.event(e) for e in case.get("events") or []]
+        resources += [dict(r) for r in case.get("resources") or []]
+        drafts = [self.medication(m, draft=True) for m in case.get("draftOrders") or []]
+        return resources, drafts
+
+
+@dataclass
+class CaseResult:
+    rule: Rule
+    name: str
+    expected: str          # fire | silent
+    passed: bool
+    detail: str = ""
+
+
+def _today(case: dict) -> date:
+    value = case.get("today")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        return date.fromisoformat(value)
+    return date.today()
+
+
+def run_case(rule: Rule, case: dict, expected: str, builder: FactsBuilder, terminology: Terminology,
+             validator: ResourceValidator) -> CaseResult:
+    today = _today(case)
+    resources, drafts = CaseBuilder(today).build(case)
+    try:
+        validator.check([(f"case.resources[{i}]", r) for i, r in enumerate(resources)]
+                        + [(f"case.draftOrders[{i}]", r) for i, r in enumerate(drafts)])
+    except InvalidRequest as exc:
+        return CaseResult(rule, case["name"], expected, False, f"case data is not valid FHIR: {exc.diagnostics}")
+    facts = builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts, today=today, user_id=USER)
+    hook = case.get("hook") or rule.hooks[0]
+    if hook == "patient-view" and drafts:
+        return CaseResult(rule, case["name"], expected, False, "patient-view cases cannot have draftOrders")
+    result = evaluate_rule(rule, facts, terminology)
+    if result.outcome == "error":
+        return CaseResult(rule, case["name"], expected, False, f"rule error: {result.reason}")
+    fired = result.outcome == "fired"
+    if fired != (expected == "fire"):
+        return CaseResult(rule, case["name"], expected, False,
+                          f"expected to {expected}, but it {'fired' if fired else 'stayed silent'}")
+    if fired:
+        issued, rejected = cards_for(list(result.findings), facts)
+        if rejected:
+            return CaseResult(rule, case["name"], expected, False, f"card invalid: {rejected[0].problem}")
+        if case.get("indicator") and issued[0].card["indicator"] != case["indicator"]:
+            return CaseResult(rule, case["name"], expected, False,
+                              f"indicator {issued[0].card['indicator']}, expected {case['indicator']}")
+    return CaseResult(rule, case["name"], expected, True)
+
+
+def run_rule_cases(rulebook: Rulebook, builder: FactsBuilder, terminology: Terminology,
+                   rule_ids: list[str] | None = None) -> list[CaseResult]:
+    validator = ResourceValidator()
+    results = []
+    for rule in rulebook.rules:
+        if (rule_ids and rule.id not in rule_ids) or rule.status == "retired":
+            continue
+        for expected in ("fire", "silent"):
+            for case in rule.cases.get(expected) or []:
+                results.append(run_case(rule, case, expected, builder, terminology, validator))
+    return results

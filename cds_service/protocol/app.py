@@ -1,0 +1,78 @@
+"""Flask app factory: settings, the runtime (built once per process), CORS, one error shape, blueprints.
+
+Every error, ours or werkzeug's, leaves as one shape: an OperationOutcome with the matching status.
+Errors of the `CdsError` family are expected answers and are not logged as failures here; anything
+else is a defect, logged once by `_unexpected`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask, Response, current_app, jsonify
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from ..audit.api import audit_api
+from ..errors import CdsError, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..runtime import Runtime
+from ..settings import Settings
+from .hooks_api import hooks_api
+
+log = logging.getLogger(__name__)
+
+_STATUS_ERRORS = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType}
+
+
+def create_app(config: Mapping[str, Any] | None = None, *, strict: bool = False,
+               runtime: Runtime | None = None) -> Flask:
+    """Build the app. `config` overrides CDS_* settings by the same names (tests pass a mapping);
+    `runtime` reuses one already built (tests share one per session)."""
+    settings = runtime.settings if runtime is not None else Settings.load(config)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask("cds_service")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    app.json.compact = True
+    app.extensions["cds_runtime"] = runtime if runtime is not None else Runtime.load(settings, strict=strict)
+    CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
+         methods=["GET", "POST", "OPTIONS"], max_age=600)
+    _register_errors(app)
+    app.register_blueprint(hooks_api)
+    app.register_blueprint(audit_api)
+    return app
+
+
+def outcome_response(error: CdsError) -> Response:
+    response = jsonify(error.to_operation_outcome())
+    response.status_code = error.status
+    response.mimetype = "application/fhir+json"
+    for key, value in error.headers.items():
+        response.headers[key] = value
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(CdsError)
+    def _cds_error(error: CdsError):
+        return outcome_response(error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_error):
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return outcome_response(PayloadTooLarge(f"request body larger than {limit} bytes (CDS_MAX_REQUEST_BYTES)"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        passed = {k: v for k, v in error.get_headers() if k.lower() == "allow"} or None
+        description = error.description or error.name
+        cls = _STATUS_ERRORS.get(error.code)
+        if cls is not None:
+            return outcome_response(cls(description, headers=passed))
+        return outcome_response(HttpError(error.code or 500, description, headers=passed))
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        return outcome_response(CdsError("internal error; the event was logged"))

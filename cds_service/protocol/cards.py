@@ -1,0 +1,150 @@
+"""Findings -> spec-valid CDS Hooks cards, checked against `CardSchema` on the way out.
+
+Pure: templates are rendered from the finding's bindings; every card and suggestion gets a fresh
+uuid (the key feedback and the decision log use). A card that fails validation is dropped and
+reported to the caller (decision log), never sent and never turned into a 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..clinical.engine import Finding
+from .schemas import CardSchema
+
+log = logging.getLogger(__name__)
+
+SUMMARY_MAX = 139
+NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+# Displays from HL7 CodeSystem non-adherence-reason-codes (CDS Hooks 3.0 §Reasons for rejecting a card).
+OVERRIDE_REASON_DISPLAY = {
+    "patient-ineligible": "Patient does not meet eligibility for recommended action",
+    "indication-order-exists": "Patient has indication/order for intended action",
+    "action-completed": "Recommended action was already completed",
+    "action-performed-no-adverse-effect": "Intended action was performed previously without adverse effect",
+    "action-not-priority": "Recommended action is not relevant or a priority in current state of health",
+    "need-more-info": "Could not address recommended action due to need for more information/pending results/"
+                      "pending consult",
+    "does-not-align-latest-evidence": "Recommended action does not align with the latest evidence",
+    "risk-benefit-ratio": "Recipient assessment of risk/benefit ratio",
+    "mitigate-risk-negative-outcome": "Action taken to mitigate risk of negative outcome",
+    "patient-contraindication": "Patient has contraindication to recommended action",
+    "prefers-alternative": "Patient prefers an alternative approach or treatment",
+    "patient-refuses": "Patient refuses/declines (no context given)",
+    "cds-not-applicable": "PC CDS does not apply to patient",
+}
+DEFAULT_OVERRIDE_REASONS = ("risk-benefit-ratio", "mitigate-risk-negative-outcome",
+                            "action-performed-no-adverse-effect", "cds-not-applicable")
+_card_schema = CardSchema()
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    card: dict
+    finding: Finding
+
+
+@dataclass(frozen=True)
+class RejectedCard:
+    finding: Finding
+    problem: str
+
+
+def template_context(finding: Finding, facts) -> dict[str, Any]:
+    ctx: dict[str, Any] = dict(finding.bindings)
+    ctx["patient"] = {"id": facts.patient_id, "age": facts.age, "sex": facts.sex}
+    ctx["rule"] = {"id": finding.rule.id, "version": finding.rule.version, "title": finding.rule.title}
+    ctx["today"] = facts.today.isoformat()
+    return ctx
+
+
+def _render(rule, text: str, ctx: dict) -> str:
+    return rule.template(text).render(ctx).strip()
+
+
+def _render_tree(rule, node, ctx):
+    if isinstance(node, str):
+        return _render(rule, node, ctx)
+    if isinstance(node, dict):
+        return {k: _render_tree(rule, v, ctx) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_render_tree(rule, v, ctx) for v in node]
+    return node
+
+
+def _override_reasons(spec) -> list[dict]:
+    out = []
+    for item in spec if spec is not None else DEFAULT_OVERRIDE_REASONS:
+        if isinstance(item, str):
+            out.append({"system": NON_ADHERENCE, "code": item, "display": OVERRIDE_REASON_DISPLAY[item]})
+        else:
+            out.append({k: v for k, v in item.items() if v})
+    return out
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SUMMARY_MAX else text[:SUMMARY_MAX - 1].rstrip() + "…"
+
+
+def build_card(finding: Finding, facts) -> dict:
+    rule, spec = finding.rule, finding.rule.card
+    ctx = template_context(finding, facts)
+    summary_text = finding.summary or spec["summary"]
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": _shorten(_render(rule, summary_text, ctx)),
+        "indicator": finding.indicator,
+    }
+    detail = _render(rule, spec["detail"], ctx) if spec.get("detail") else ""
+    refs = "\n".join(f"- [{r.title}]({r.url})" + (f" — {r.citation}" if r.citation else "")
+                     for r in rule.references)
+    card["detail"] = (detail + "\n\n" if detail else "") + "**Sources**\n" + refs
+    if spec.get("source"):
+        card["source"] = {k: (_render(rule, v, ctx) if isinstance(v, str) else v) for k, v in spec["source"].items() if v}
+    else:  # the first reference is the primary source of guidance
+        card["source"] = {"label": _shorten(rule.references[0].title), "url": rule.references[0].url}
+    suggestions = []
+    for i, suggestion in enumerate(spec.get("suggestions") or []):
+        if i not in finding.suggestion_indices:
+            continue
+        rendered = {"label": _render(rule, suggestion["label"], ctx), "uuid": str(uuid.uuid4()),
+                    "actions": [_render_tree(rule, a, ctx) for a in suggestion["actions"]]}
+        if suggestion.get("isRecommended"):
+            rendered["isRecommended"] = True
+        suggestions.append(rendered)
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = spec.get("selectionBehavior", "at-most-one")
+    card["overrideReasons"] = _override_reasons(spec.get("overrideReasons"))
+    links = [{"label": _render(rule, link["label"], ctx), "url": _render(rule, link["url"], ctx),
+              "type": link.get("type", "absolute")} for link in spec.get("links") or []]
+    if links:
+        card["links"] = links
+    card["extension"] = {"org.cds-service.rule": {"id": rule.id, "version": rule.version}}
+    return card
+
+
+def validate_card(card: dict) -> str | None:
+    errors = _card_schema.validate(card)
+    return None if not errors else str(errors)
+
+
+def cards_for(findings: list[Finding], facts) -> tuple[list[IssuedCard], list[RejectedCard]]:
+    issued, rejected = [], []
+    for finding in findings:
+        try:
+            card = build_card(finding, facts)
+        except Exception as exc:  # a template bug in one rule: drop that card, keep the others
+            rejected.append(RejectedCard(finding, f"render failed: {type(exc).__name__}: {exc}"))
+            continue
+        problem = validate_card(card)
+        if problem:
+            log.error("card from rule %s@%s failed validation: %s", finding.rule.id, finding.rule.version, problem)
+            rejected.append(RejectedCard(finding, problem))
+        else:
+            issued.append(IssuedCard(card, finding))
+    return issued, rejected

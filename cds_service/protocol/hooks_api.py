@@ -1,0 +1,100 @@
+"""The CDS Hooks HTTP surface: discovery, hook calls, feedback, OpenAPI, health and readiness.
+
+Routes only authenticate the client, read the body and render the answer; the registry and its
+pipeline do the rest. Nothing clinical here.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, json, jsonify, request
+
+from .. import __version__
+from ..errors import CdsError, InvalidRequest, UnsupportedMediaType
+from ..runtime import Runtime
+from .client_auth import ClientIdentity
+from .registry import ServiceRegistry
+from .schemas import FeedbackRequestSchema, load_or_400
+
+hooks_api = Blueprint("hooks_api", __name__)
+_feedback_schema = FeedbackRequestSchema()
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["cds_runtime"]
+
+
+def _registry(rt: Runtime) -> ServiceRegistry:
+    if rt.registry is None:
+        raise CdsError("service content is not loaded; see /readyz")
+    return rt.registry
+
+
+def _authenticate(rt: Runtime, path: str) -> ClientIdentity:
+    """The client's JWT, checked against `aud` = the URL of this endpoint as the client sees it."""
+    base = rt.settings.public_base_url.rstrip("/") or request.url_root.rstrip("/")
+    return rt.authenticator.authenticate(request.headers.get("Authorization"), base + path)
+
+
+def _json_body():
+    mimetype = request.mimetype
+    if mimetype not in ("application/json", "application/fhir+json") and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {mimetype or 'nothing'}",
+                                   expression="Content-Type")
+    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge over the limit
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", expression="body") from exc
+
+
+@hooks_api.get("/healthz")
+def healthz():
+    return jsonify({"status": "alive", "version": __version__})
+
+
+@hooks_api.get("/readyz")
+def readyz():
+    report = _runtime().readiness()
+    return jsonify(report), (200 if report["ready"] else 503)
+
+
+@hooks_api.get("/cds-services")
+def discovery():
+    rt = _runtime()
+    _authenticate(rt, "/cds-services")
+    if rt.registry is None:
+        return jsonify({"services": []})
+    return jsonify(rt.registry.discovery())
+
+
+@hooks_api.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    rt = _runtime()
+    registry = _registry(rt)
+    client = _authenticate(rt, f"/cds-services/{service_id}")
+    answer = registry.call(service_id, _json_body(), client)
+    response = jsonify(answer.body)
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in answer.timings_ms.items())
+    response.headers["X-Decision-Id"] = answer.decision_id
+    return response
+
+
+@hooks_api.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    rt = _runtime()
+    registry = _registry(rt)
+    _authenticate(rt, f"/cds-services/{service_id}/feedback")
+    registry.by_hook(service_id)  # 404 for an unknown service
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", expression="body")
+    data = load_or_400(_feedback_schema, body)
+    result = rt.storage.feedback.record(service_id, data["feedback"])
+    return jsonify({"received": result.received, "recorded": result.recorded})
+
+
+@hooks_api.get("/openapi.json")
+def openapi():
+    from .openapi import openapi_document
+
+    return jsonify(openapi_document())

@@ -1,0 +1,249 @@
+"""One hook call end to end, as stages over a typed `HookCall`:
+
+    parse ─▶ gather (prefetch, fetch) ─▶ check data ─▶ facts ─▶ rules ─▶ cards ─▶ reasoning (LLM)
+          ─▶ DecisionRecord.from_call ─▶ decision log ─▶ answer
+
+Each stage is a function of the call with a small surface: it reads what earlier stages left on the
+call and adds its own result. Knows nothing about Flask: the HTTP layer hands over the parsed JSON
+body and the client identity and renders the `HookAnswer`, or the `CdsError` raised. Every call to an
+existing service is recorded in the decision log before the answer leaves, 4xx included (the record
+says why); an unexpected defect is logged here, once, and answered 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from ..audit.decision_log import DecisionLog
+from ..audit.record import DecisionRecord
+from ..canonical import utc_now
+from ..clinical.engine import RuleResult, evaluate
+from ..clinical.facts import Facts, FactsBuilder
+from ..clinical.terminology import Terminology
+from ..ehr.fhir_client import FhirAccess
+from ..ehr.prefetch import PrefetchResult, resolve
+from ..ehr.validation import ResourceValidator, check_patient_consistency
+from ..errors import CdsError, InvalidRequest
+from ..reasoning.reasoner import Reasoner
+from .cards import IssuedCard, RejectedCard, cards_for, validate_card
+from .client_auth import ClientIdentity
+from .registry import ServiceDefinition
+from .schemas import CONTEXT_SCHEMAS, HookRequestSchema, load_or_400
+
+log = logging.getLogger(__name__)
+_envelope_schema = HookRequestSchema()
+_context_schemas = {hook: schema() for hook, schema in CONTEXT_SCHEMAS.items()}
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.start_monotonic = time.monotonic()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round((now - self.last) * 1000, 2)
+        self.last = now
+
+    def total(self) -> float:
+        return round((time.perf_counter() - self.start) * 1000, 2)
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """The EHR's request, parsed and checked (envelope, then the hook's context)."""
+
+    hook: str
+    hook_instance: str
+    context: dict
+    fhir_server: str | None = None
+    fhir_authorization: dict | None = None
+    prefetch: dict | None = None
+
+    @property
+    def patient_id(self) -> str:
+        return self.context["patientId"]
+
+    @property
+    def user_id(self) -> str:
+        return self.context["userId"]
+
+    @property
+    def encounter_id(self) -> str | None:
+        return self.context.get("encounterId")
+
+    @property
+    def access_token(self) -> str | None:
+        return (self.fhir_authorization or {}).get("access_token")
+
+    def granted_access(self) -> dict:
+        """What the EHR granted, for the record; never the token itself."""
+        auth = self.fhir_authorization or {}
+        return {"scope": auth.get("scope"), "subject": auth.get("subject"), "expires_in": auth.get("expires_in")}
+
+
+@dataclass
+class HookCall:
+    """One call as it moves through the stages; `DecisionRecord.from_call` reads it at the end."""
+
+    service_id: str
+    candidates: dict[str, ServiceDefinition]     # the service's definitions per hook
+    body: Any                                    # the JSON body as received
+    client: ClientIdentity
+    decision_id: str
+    recorded_at: str
+    watch: Stopwatch
+    today: date | None = None
+    service: ServiceDefinition | None = None
+    request: HookRequest | None = None
+    drafts: list[dict] = field(default_factory=list)
+    prefetch: PrefetchResult | None = None
+    hashes: dict[int, str] = field(default_factory=dict)  # id(resource) -> content hash, for the record
+    facts: Facts | None = None
+    results: list[RuleResult] = field(default_factory=list)
+    issued: list[IssuedCard] = field(default_factory=list)
+    rejected: list[RejectedCard] = field(default_factory=list)
+    cards: list[dict] = field(default_factory=list)   # the answer's cards
+    llm: dict | None = None
+    error: CdsError | None = None
+    status: int = 200
+
+    @classmethod
+    def start(cls, service_id: str, candidates: dict[str, ServiceDefinition], body: Any, client: ClientIdentity,
+              today: date | None = None) -> "HookCall":
+        return cls(service_id, candidates, body, client, decision_id=str(uuid.uuid4()), recorded_at=utc_now(),
+                   watch=Stopwatch(), today=today)
+
+
+@dataclass(frozen=True)
+class HookAnswer:
+    body: dict
+    timings_ms: dict[str, float]
+    decision_id: str
+
+
+# -- stages ------------------------------------------------------------------------------------------
+
+def parse(call: HookCall) -> None:
+    """Envelope, then the service for its hook, then the hook's context; InvalidRequest names each bad field."""
+    if not isinstance(call.body, dict):
+        raise InvalidRequest("the request body must be a JSON object", expression="body")
+    envelope = load_or_400(_envelope_schema, call.body)
+    hook = envelope["hook"]
+    call.service = call.candidates.get(hook)
+    if call.service is None:
+        raise InvalidRequest(f"service '{call.service_id}' answers {', '.join(sorted(call.candidates))}, "
+                             f"not {hook!r}", expression="hook")
+    schema = _context_schemas.get(hook)
+    if schema is None:
+        raise InvalidRequest(f"hook {hook!r} is not supported here", expression="hook")
+    context = load_or_400(schema, envelope["context"], prefix="context")
+    call.request = HookRequest(hook, envelope["hookInstance"], context, envelope.get("fhirServer"),
+                               envelope.get("fhirAuthorization"), envelope.get("prefetch"))
+    if hook == "order-sign":
+        call.drafts = [e["resource"] for e in context["draftOrders"].get("entry") or []]
+
+
+def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
+    """The orders being signed are the EHR's own request: checked before any data is fetched for them."""
+    located = [(f"context.draftOrders.entry[{i}].resource", r) for i, r in enumerate(call.drafts)]
+    call.hashes.update(validator.check(located))
+
+
+def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
+    """The prefetch as sent, the rest fetched from the EHR's FHIR server (prefetch.py)."""
+    request = call.request
+    client = fhir.client(request.fhir_server, request.access_token)
+    call.prefetch = resolve(list(call.service.templates), request.context, request.prefetch, client, executor)
+
+
+def check_data(call: HookCall, validator: ResourceValidator) -> None:
+    located = [(f"prefetch.{key}", r) for key, r in call.prefetch.resources()]
+    call.hashes.update(validator.check(located))
+    drafts = [(f"context.draftOrders.entry[{i}].resource", r) for i, r in enumerate(call.drafts)]
+    wrong_patient = check_patient_consistency(located + drafts, call.request.patient_id)
+    if wrong_patient:
+        raise InvalidRequest(wrong_patient[0].diagnostics, issues=wrong_patient)
+
+
+def build_facts(call: HookCall, builder: FactsBuilder) -> None:
+    unavailable = frozenset(call.service.resource_types[k] for k in call.prefetch.unavailable)
+    call.facts = builder.build([r for _, r in call.prefetch.resources()], patient_id=call.request.patient_id,
+                               draft_orders=call.drafts, user_id=call.request.user_id, unavailable=unavailable,
+                               today=call.today)
+
+
+def run_rules(call: HookCall, terminology: Terminology) -> None:
+    call.results = evaluate(list(call.service.rules), call.facts, terminology)
+
+
+def build_cards(call: HookCall) -> None:
+    shown = [f for r in call.results if r.shows_cards for f in r.findings]
+    call.issued, call.rejected = cards_for(shown, call.facts)
+    call.cards = [c.card for c in call.issued]
+
+
+def reason(call: HookCall, reasoner: Reasoner) -> None:
+    """LLM text under the response budget; never blocks or breaks the rule cards."""
+    enriched, call.llm = reasoner.enrich(call.service.llm_task, call.facts, call.cards, call.watch.start_monotonic)
+    problems = [p for p in map(validate_card, enriched) if p is not None]
+    if problems:  # keep the rule cards as they were
+        call.llm["dropped"] = problems
+    else:
+        call.cards = enriched
+
+
+# -- the pipeline --------------------------------------------------------------------------------------
+
+@dataclass
+class HookPipeline:
+    """The stages in order, with what they need from start-up (built once per process)."""
+
+    validator: ResourceValidator
+    fhir: FhirAccess
+    executor: Executor | None
+    facts_builder: FactsBuilder
+    terminology: Terminology
+    decision_log: DecisionLog
+    reasoner: Reasoner | None = None
+
+    def run(self, call: HookCall) -> HookAnswer:
+        lap = call.watch.lap  # Server-Timing names
+        try:
+            parse(call)
+            check_drafts(call, self.validator)
+            lap("parse")
+            gather(call, self.fhir, self.executor)
+            lap("prefetch")
+            check_data(call, self.validator)
+            lap("validate")
+            build_facts(call, self.facts_builder)
+            lap("facts")
+            run_rules(call, self.terminology)
+            lap("rules")
+            build_cards(call)
+            lap("cards")
+            if self.reasoner is not None and call.service.llm_task != "none":
+                reason(call, self.reasoner)
+                lap("llm")
+        except CdsError as exc:
+            call.error, call.status = exc, exc.status
+        except Exception as exc:  # a defect: logged once, here; recorded and answered 500
+            log.exception("hook call failed unexpectedly (decision %s)", call.decision_id)
+            call.error = CdsError(f"internal error ({type(exc).__name__}); the event was logged")
+            call.status = call.error.status
+        record = DecisionRecord.from_call(call)
+        self.decision_log.append(record)
+        timings = record.data["timingsMs"]
+        log.info("decision %s service=%s status=%s cards=%d total_ms=%.1f", call.decision_id, call.service_id,
+                 call.status, len(call.cards) if call.error is None else 0, timings["total"])
+        if call.error is not None:
+            raise call.error
+        return HookAnswer({"cards": call.cards}, timings, call.decision_id)
