@@ -26,7 +26,11 @@ run: install
 	$(BIN)/cds-service model prepare
 	$(BIN)/cds-service serve --host $(HOST) --port $(PORT)
 
+# Lint first (ruff: pyflakes, pycodestyle at the configured line length, import order, pyupgrade,
+# bugbear; and the formatter's check), then every test. `pytest -m "not slow"` is the quick inner loop.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 clean:

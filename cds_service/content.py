@@ -9,7 +9,7 @@ the file and the field.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,12 @@ def relative_name(path: Path, root: Path) -> str:
 
 def read_yaml(path: Path, rel: str) -> Any:
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)  # noqa: S506 (safe loader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
     except (OSError, yaml.YAMLError) as exc:
         raise ContentError(rel, "", f"not readable YAML: {exc}") from exc
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundled_schema(name: str) -> dict:
     """A JSON Schema shipped in ``cds_service/content_schema/``."""
     return json.loads(importlib_resources.files("cds_service").joinpath(f"content_schema/{name}").read_text())

@@ -19,8 +19,8 @@ dotted path into the request body (e.g. ``context.draftOrders.entry[0].resource.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 
 def field_path(parts: Iterable[str | int]) -> str:
@@ -53,8 +53,14 @@ class CdsError(Exception):
     status: int = 500
     code: str = "exception"  # http://hl7.org/fhir/issue-type
 
-    def __init__(self, diagnostics: str, *, expression: str | list[str] | tuple[str, ...] | None = None,
-                 issues: list[Issue] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        diagnostics: str,
+        *,
+        expression: str | list[str] | tuple[str, ...] | None = None,
+        issues: list[Issue] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         if isinstance(expression, str):
@@ -65,8 +71,11 @@ class CdsError(Exception):
     def to_operation_outcome(self) -> dict:
         out = []
         for issue in self.issues:
-            entry = {"severity": issue.severity, "code": issue.code or self.code,
-                     "diagnostics": issue.diagnostics}
+            entry = {
+                "severity": issue.severity,
+                "code": issue.code or self.code,
+                "diagnostics": issue.diagnostics,
+            }
             if issue.expression:
                 entry["expression"] = list(issue.expression)
             out.append(entry)

@@ -6,7 +6,7 @@ filters all read it from here; the rule JSON Schema is given the same list at lo
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 INDICATORS: tuple[str, ...] = ("info", "warning", "critical")  # least to most urgent
 RANK: dict[str, int] = {name: i for i, name in enumerate(INDICATORS)}

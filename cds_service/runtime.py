@@ -47,7 +47,9 @@ class Content:
         terminology = load_terminology(settings.fhir_dir / "terminology")
         rulebook = load_rulebook(settings.rules_dir, terminology)
         services = load_services(settings.hooks_dir, rulebook)
-        return cls(terminology, rulebook, services, FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir)))
+        return cls(
+            terminology, rulebook, services, FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir))
+        )
 
 
 @dataclass(frozen=True)
@@ -92,18 +94,34 @@ class Runtime:
             log.error("content not loaded: %s", exc)
         rt.authenticator = ClientAuthenticator(load_clients(settings.clients) if settings.clients else {})
         if not rt.authenticator.enabled:
-            log.warning("CDS_CLIENTS is not set: CDS clients are NOT authenticated (fine for a local sandbox, "
-                        "not for production)")
+            log.warning(
+                "CDS_CLIENTS is not set: CDS clients are NOT authenticated (fine for a local sandbox, "
+                "not for production)"
+            )
         rt.auditors = AuditorTokens(settings.audit_tokens)
         if rt.content is not None:
             rt.reasoner, rt.llm_status = _build_reasoner(settings, rt.storage.engine, rt.content.terminology)
             session = new_session()
             executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-fetch")
-            fhir = FhirAccess(session, ServerAllowlist(settings.fhir_allowed_servers),
-                              FetchLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout,
-                                          settings.fhir_max_pages, settings.fhir_max_response_bytes))
-            pipeline = HookPipeline(ResourceValidator(), fhir, executor, rt.content.facts_builder,
-                                    rt.content.terminology, rt.storage.decision_log, rt.reasoner)
+            fhir = FhirAccess(
+                session,
+                ServerAllowlist(settings.fhir_allowed_servers),
+                FetchLimits(
+                    settings.fhir_connect_timeout,
+                    settings.fhir_read_timeout,
+                    settings.fhir_max_pages,
+                    settings.fhir_max_response_bytes,
+                ),
+            )
+            pipeline = HookPipeline(
+                ResourceValidator(),
+                fhir,
+                executor,
+                rt.content.facts_builder,
+                rt.content.terminology,
+                rt.storage.decision_log,
+                rt.reasoner,
+            )
             rt.registry = ServiceRegistry(rt.content.services, pipeline)
             rt._closers += [lambda: executor.shutdown(wait=False, cancel_futures=True), session.close]
         return rt
@@ -116,8 +134,11 @@ class Runtime:
             "decisionLog": "ok",
             "llm": self.llm_status,  # informative: rule cards never depend on it
         }
-        return {"ready": not self.problems and self.registry is not None, "checks": checks,
-                "problems": list(self.problems)}
+        return {
+            "ready": not self.problems and self.registry is not None,
+            "checks": checks,
+            "problems": list(self.problems),
+        }
 
     def close(self) -> None:
         if self.reasoner is not None:
@@ -127,7 +148,9 @@ class Runtime:
         self.storage.close()
 
 
-def _build_reasoner(settings: Settings, engine: Engine, terminology: Terminology) -> tuple[Reasoner | None, str]:
+def _build_reasoner(
+    settings: Settings, engine: Engine, terminology: Terminology
+) -> tuple[Reasoner | None, str]:
     """One model object per process. A missing model disables LLM text; it never stops the service."""
     choice = settings.llm.strip()
     if choice.lower() in ("", "off", "none"):
@@ -139,7 +162,9 @@ def _build_reasoner(settings: Settings, engine: Engine, terminology: Terminology
 
     try:
         if choice.lower() == "embedded":
-            backend = GenAiBackend(Path(settings.model_dir) if settings.model_dir else default_model_dir("int8"))
+            backend = GenAiBackend(
+                Path(settings.model_dir) if settings.model_dir else default_model_dir("int8")
+            )
         elif choice.startswith(("http://", "https://")):
             backend = RemoteBackend(choice, settings.llm_model)
         else:
@@ -147,6 +172,11 @@ def _build_reasoner(settings: Settings, engine: Engine, terminology: Terminology
     except (LlmError, RuntimeError, OSError) as exc:
         log.warning("LLM disabled: %s", exc)
         return None, f"unavailable: {exc}"
-    reasoner = Reasoner(backend, LlmStore(engine), GroundingGuard(terminology),
-                        budget_ms=settings.response_budget_ms, max_new_tokens=settings.llm_max_new_tokens)
+    reasoner = Reasoner(
+        backend,
+        LlmStore(engine),
+        GroundingGuard(terminology),
+        budget_ms=settings.response_budget_ms,
+        max_new_tokens=settings.llm_max_new_tokens,
+    )
     return reasoner, backend.model_id

@@ -23,8 +23,13 @@ def _by_type(case: dict, today: date | None) -> tuple[dict[str, list[dict]], lis
     return by_type, drafts
 
 
-def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergies", "conditions", "labs"),
-               today: date | None = None, **envelope) -> dict:
+def order_sign(
+    case: dict,
+    *,
+    prefetch_keys=("patient", "medications", "allergies", "conditions", "labs"),
+    today: date | None = None,
+    **envelope,
+) -> dict:
     by_type, drafts = _by_type(case, today)
     full = {
         "patient": by_type["Patient"][0],
@@ -34,19 +39,38 @@ def order_sign(case: dict, *, prefetch_keys=("patient", "medications", "allergie
         "labs": searchset(by_type.get("Observation", [])),
     }
     body = {
-        "hook": "order-sign", "hookInstance": str(uuid.uuid4()),
-        "context": {"userId": USER, "patientId": PATIENT_ID,
-                    "draftOrders": {"resourceType": "Bundle", "type": "collection",
-                                    "entry": [{"resource": d} for d in drafts]}},
+        "hook": "order-sign",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {
+            "userId": USER,
+            "patientId": PATIENT_ID,
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": d} for d in drafts],
+            },
+        },
         "prefetch": {k: full[k] for k in prefetch_keys},
     }
     body.update(envelope)
     return body
 
 
-def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "conditions", "observations", "procedures",
-                                               "referrals", "careplans"),
-                 today: date | None = None, **envelope) -> dict:
+def patient_view(
+    case: dict,
+    *,
+    prefetch_keys=(
+        "patient",
+        "medications",
+        "conditions",
+        "observations",
+        "procedures",
+        "referrals",
+        "careplans",
+    ),
+    today: date | None = None,
+    **envelope,
+) -> dict:
     by_type, _ = _by_type(case, today)
     full = {
         "patient": by_type["Patient"][0],
@@ -57,7 +81,11 @@ def patient_view(case: dict, *, prefetch_keys=("patient", "medications", "condit
         "referrals": searchset(by_type.get("ServiceRequest", [])),
         "careplans": searchset(by_type.get("CarePlan", [])),
     }
-    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": USER, "patientId": PATIENT_ID}, "prefetch": {k: full[k] for k in prefetch_keys}}
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": USER, "patientId": PATIENT_ID},
+        "prefetch": {k: full[k] for k in prefetch_keys},
+    }
     body.update(envelope)
     return body

@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from cds_service.protocol.app import create_app
-
 from fhir_fake import FakeFhirServer
 from shared import bundled_content
+
+from cds_service.protocol.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import unquote
 
 
@@ -34,15 +34,22 @@ class FakeFhirServer:
         self.base_path = base_path
         self.routes: dict[str, Reply | Callable[[str], Reply]] = {}
         self.seen: list[Seen] = []
-        self.default = Reply(404, {"resourceType": "OperationOutcome", "issue": [
-            {"severity": "error", "code": "not-found", "diagnostics": "no route"}]})
+        self.default = Reply(
+            404,
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "not-found", "diagnostics": "no route"}],
+            },
+        )
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 path = unquote(self.path)
                 server.seen.append(Seen(path, dict(self.headers)))
-                relative = path[len(server.base_path) + 1:] if path.startswith(server.base_path + "/") else path
+                relative = (
+                    path[len(server.base_path) + 1 :] if path.startswith(server.base_path + "/") else path
+                )
                 reply = server.routes.get(relative, server.default)
                 if callable(reply):
                     reply = reply(relative)
@@ -83,8 +90,12 @@ class FakeFhirServer:
 
 
 def searchset(resources: list[dict], next_url: str | None = None) -> dict:
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-              "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
     if next_url:
         bundle["link"] = [{"relation": "next", "url": next_url}]
     return bundle

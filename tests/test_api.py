@@ -35,9 +35,14 @@ def test_readiness_says_what_is_not_ready(make_app, tmp_path):
 
 def test_cors_preflight_and_origin_configuration(make_app):
     client = make_app(CDS_CORS_ORIGINS="https://ehr.example.test").test_client()
-    pre = client.options("/cds-services/medication-order-check", headers={
-        "Origin": "https://ehr.example.test", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    pre = client.options(
+        "/cds-services/medication-order-check",
+        headers={
+            "Origin": "https://ehr.example.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert pre.headers["Access-Control-Allow-Origin"] == "https://ehr.example.test"
     other = client.get("/cds-services", headers={"Origin": "https://evil.test"})
     assert "Access-Control-Allow-Origin" not in other.headers
@@ -46,7 +51,9 @@ def test_cors_preflight_and_origin_configuration(make_app):
 def test_openapi_is_generated_from_the_schemas(client):
     doc = client.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
-    assert {"/cds-services", "/cds-services/{service_id}", "/cds-services/{service_id}/feedback"} <= set(doc["paths"])
+    assert {"/cds-services", "/cds-services/{service_id}", "/cds-services/{service_id}/feedback"} <= set(
+        doc["paths"]
+    )
     schemas = doc["components"]["schemas"]
     assert "hookInstance" in schemas["HookRequest"]["properties"]
     assert "draftOrders" in schemas["OrderSignContext"]["properties"]

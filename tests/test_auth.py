@@ -29,7 +29,9 @@ def token(private, aud, **changes):
     claims = {"iss": ISS, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
     claims.update(changes)
     headers = {"kid": "k1", "typ": "JWT"}
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, private, algorithm="ES384", headers=headers)
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None}, private, algorithm="ES384", headers=headers
+    )
 
 
 def test_valid_token_is_accepted_and_replay_refused(make_app, keys):
@@ -41,29 +43,55 @@ def test_valid_token_is_accepted_and_replay_refused(make_app, keys):
     assert replay.status_code == 401 and "replay" in replay.get_json()["issue"][0]["diagnostics"]
 
 
-@pytest.mark.parametrize("changes, header", [
-    ({"aud": "http://localhost/cds-services/other"}, None),
-    ({"iss": "https://stranger.test"}, None),
-    ({"exp": int(time.time()) - 120}, None),
-    ({"jti": None}, None),
-    ({}, "none"),
-    ({}, "hs256"),
-    ({}, "jku"),
-])
+@pytest.mark.parametrize(
+    "changes, header",
+    [
+        ({"aud": "http://localhost/cds-services/other"}, None),
+        ({"iss": "https://stranger.test"}, None),
+        ({"exp": int(time.time()) - 120}, None),
+        ({"jti": None}, None),
+        ({}, "none"),
+        ({}, "hs256"),
+        ({}, "jku"),
+    ],
+)
 def test_bad_tokens_are_refused(make_app, keys, changes, header):
     private, path = keys
     client = make_app(CDS_CLIENTS=path).test_client()
     if header == "none":
-        t = jwt.encode({"iss": ISS, "aud": "http://localhost/cds-services", "iat": int(time.time()),
-                        "exp": int(time.time()) + 60, "jti": "x"}, None, algorithm="none", headers={"kid": "k1"})
+        t = jwt.encode(
+            {
+                "iss": ISS,
+                "aud": "http://localhost/cds-services",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 60,
+                "jti": "x",
+            },
+            None,
+            algorithm="none",
+            headers={"kid": "k1"},
+        )
     elif header == "hs256":
-        t = jwt.encode({"iss": ISS, "aud": "http://localhost/cds-services", "iat": int(time.time()),
-                        "exp": int(time.time()) + 60, "jti": "y"}, "shared-secret-shared-secret-32byt",
-                       algorithm="HS256", headers={"kid": "k1"})
+        t = jwt.encode(
+            {
+                "iss": ISS,
+                "aud": "http://localhost/cds-services",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 60,
+                "jti": "y",
+            },
+            "shared-secret-shared-secret-32byt",
+            algorithm="HS256",
+            headers={"kid": "k1"},
+        )
     elif header == "jku":
         now = int(time.time())
-        t = jwt.encode({"iss": ISS, "aud": "http://localhost/cds-services", "iat": now, "exp": now + 60, "jti": "z"},
-                       private, algorithm="ES384", headers={"kid": "k1", "jku": "https://attacker.test/jwks"})
+        t = jwt.encode(
+            {"iss": ISS, "aud": "http://localhost/cds-services", "iat": now, "exp": now + 60, "jti": "z"},
+            private,
+            algorithm="ES384",
+            headers={"kid": "k1", "jku": "https://attacker.test/jwks"},
+        )
     else:
         t = token(private, changes.pop("aud", "http://localhost/cds-services"), **changes)
     response = client.get("/cds-services", headers={"Authorization": f"Bearer {t}"})
@@ -73,12 +101,14 @@ def test_bad_tokens_are_refused(make_app, keys, changes, header):
 
 def test_client_identity_is_recorded(make_app, keys):
     import builders
+
     private, path = keys
     app = make_app(CDS_CLIENTS=path)
     body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
     t = token(private, "http://localhost/cds-services/medication-order-check", tenant="ward-7")
-    response = app.test_client().post("/cds-services/medication-order-check", json=body,
-                                      headers={"Authorization": f"Bearer {t}"})
+    response = app.test_client().post(
+        "/cds-services/medication-order-check", json=body, headers={"Authorization": f"Bearer {t}"}
+    )
     assert response.status_code == 200
     record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
     assert record["client"] == {"id": ISS, "authenticated": True, "tenant": "ward-7"}

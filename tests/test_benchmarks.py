@@ -26,6 +26,7 @@ def test_rules_speed_benchmark_runs(capsys):
 @pytest.mark.real_model
 def test_llm_grounding_benchmark_runs_on_the_prepared_model(capsys):
     from cds_service.reasoning.model_cache import default_model_dir
+
     if not (default_model_dir("int8") / "manifest.json").is_file():
         pytest.skip("SmolLM2 not prepared (cds-service model prepare)")
     figures = _load("llm_grounding").main([])

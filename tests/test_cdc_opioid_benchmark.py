@@ -1,4 +1,5 @@
-"""The CDC opioid rule packs against the reference CDS's own test requests (benchmarks/cdc_opioid_agreement.py).
+"""The CDC opioid rule packs against the reference CDS's own test requests
+(benchmarks/cdc_opioid_agreement.py).
 
 Fails when agreement with the reference outcomes drops below the measured floor, when any answer is not
 HTTP 200 with spec-valid cards, or when a suggested resource is not valid FHIR R4.
@@ -17,7 +18,9 @@ from cds_service.ehr.validation import ResourceValidator
 from cds_service.protocol.schemas import CdsResponseSchema
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("cdc_opioid_agreement", ROOT / "benchmarks" / "cdc_opioid_agreement.py")
+_spec = importlib.util.spec_from_file_location(
+    "cdc_opioid_agreement", ROOT / "benchmarks" / "cdc_opioid_agreement.py"
+)
 agreement = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = agreement  # dataclasses look their module up
 _spec.loader.exec_module(agreement)
@@ -32,10 +35,13 @@ def report():
 
 
 def test_agreement_with_the_reference_does_not_drop(report):
-    disagreements = [f"{r.name} -> {r.service}: expected {r.expect}, got {r.got}"
-                     for r in report.counted if not r.agreed]
+    disagreements = [
+        f"{r.name} -> {r.service}: expected {r.expect}, got {r.got}" for r in report.counted if not r.agreed
+    ]
     assert len(report.counted) == 36, "the set of comparable cases changed"
-    assert report.agreed >= 36, disagreements  # measured floor, 2026-11-27: 36/36 (stand-in REC11 order-select: 4/4)
+    assert report.agreed >= 36, (
+        disagreements
+    )  # measured floor, 2026-11-27: 36/36 (stand-in REC11 order-select: 4/4)
 
 
 def test_every_answer_is_200_with_spec_valid_cards(report):
@@ -55,13 +61,13 @@ def test_uncertain_cases_follow_the_reference_logic(report):
     """Where the recorded outcome predates or contradicts the reference logic, we follow the logic."""
     got = {r.name: r.got for r in report.results if r.ran and not r.stand_in and r.expect == "uncertain"}
     assert got == {
-        "rec-06-out-extended-release-27-days": "card",       # 27-day acute supply: more than 7 days
-        "rec-08-mme-greater-than-fifty": "no-card",          # the draft order is Pepto-Bismol
-        "rec-08-mme-less-than-fifty": "card",                # HEAD REC08 needs no risk factor
-        "rec-08-on-naloxone": "card",                        # HEAD dropped the naloxone exclusion
+        "rec-06-out-extended-release-27-days": "card",  # 27-day acute supply: more than 7 days
+        "rec-08-mme-greater-than-fifty": "no-card",  # the draft order is Pepto-Bismol
+        "rec-08-mme-less-than-fifty": "card",  # HEAD REC08 needs no risk factor
+        "rec-08-on-naloxone": "card",  # HEAD dropped the naloxone exclusion
         "rec-08-order-sign-mme-less-than-fifty": "card",
         "rec-08-order-sign-on-naloxone": "card",
-        "rec-09-out-PDMP-review-90-days": "card",            # its Procedure code is a PDMP finding code
-        "rec-10-patient-view-illicit-drugs": "no-card",      # THC only, cannabinoids not checked
-        "rec-12-patient-view-in-criteria-met": "no-card",    # 191865004 is not in the OUD value set
+        "rec-09-out-PDMP-review-90-days": "card",  # its Procedure code is a PDMP finding code
+        "rec-10-patient-view-illicit-drugs": "no-card",  # THC only, cannabinoids not checked
+        "rec-12-patient-view-in-criteria-met": "no-card",  # 191865004 is not in the OUD value set
     }

@@ -24,12 +24,12 @@ def test_compose_references_real_files_targets_and_settings():
         if "build" in service:
             assert (ROOT / service["build"]["context"] / "Dockerfile").is_file()
             assert service["build"]["target"] in targets, name
-        for key in (service.get("environment") or {}):
+        for key in service.get("environment") or {}:
             if key.startswith("CDS_"):
                 assert key in known, f"{name}: {key} is not a setting"
         for volume in service.get("volumes") or []:
             assert volume.split(":")[0] in compose["volumes"], volume
-        for dependency in (service.get("depends_on") or {}):
+        for dependency in service.get("depends_on") or {}:
             assert dependency in compose["services"]
     for path in re.findall(r"^COPY (\S+)", dockerfile, flags=re.M):
         assert (ROOT / path).exists(), path
@@ -42,6 +42,11 @@ def test_docker_compose_config_when_the_client_has_compose():
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("docker client without the compose plugin")
-    result = subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True,
-                            env={"CDS_DB_PASSWORD": "x", "PATH": "/usr/bin:/bin:/usr/local/bin"})
+    result = subprocess.run(
+        ["docker", "compose", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"CDS_DB_PASSWORD": "x", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
     assert result.returncode == 0, result.stderr

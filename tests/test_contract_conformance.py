@@ -5,24 +5,35 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-from cds_service.protocol.schemas import CdsResponseSchema
-
 from conftest import load_fixture
 from fhir_fake import Reply, searchset
 
+from cds_service.protocol.schemas import CdsResponseSchema
+
 SERVICE_FOR_HOOK = {"order-sign": "medication-order-check", "patient-view": "patient-chart-review"}
-GOOD = ["conformance/cdshooks-request-order-sign-good.json", "conformance/cdshooks-request-patient-view-good.json"]
-BAD = ["conformance/cdshooks-request-order-sign-bad-1.json", "conformance/cdshooks-request-order-sign-bad-2.json",
-       "conformance/cdshooks-request-patient-view-bad.json"]
+GOOD = [
+    "conformance/cdshooks-request-order-sign-good.json",
+    "conformance/cdshooks-request-patient-view-good.json",
+]
+BAD = [
+    "conformance/cdshooks-request-order-sign-bad-1.json",
+    "conformance/cdshooks-request-order-sign-bad-2.json",
+    "conformance/cdshooks-request-patient-view-bad.json",
+]
 
 
 def _serve_patient(fake, body):
     """The fixtures name fhirServer http://localhost:8080/fhir; point it at a loopback fake that holds the
     fixture's own Patient and nothing else, so keys the client did not prefetch can be fetched."""
     patient_id = body["context"]["patientId"].split("/")[-1]
-    patient = next((v.get("resource", v) for v in body["prefetch"].values()
-                    if v and v.get("resource", v).get("resourceType") == "Patient"), None)
+    patient = next(
+        (
+            v.get("resource", v)
+            for v in body["prefetch"].values()
+            if v and v.get("resource", v).get("resourceType") == "Patient"
+        ),
+        None,
+    )
     fake.default = Reply(200, searchset([]))
     if patient:
         fake.routes[f"Patient/{patient_id}"] = Reply(200, patient)
@@ -83,21 +94,43 @@ def test_reference_style_ids_are_normalised(make_app, fake_fhir):
     assert any(s.path.endswith("/Patient/example-rec-04-not-long-acting-opioid") for s in fake_fhir.seen)
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda b: b.pop("hookInstance"), "hookInstance"),
-    (lambda b: b.__setitem__("hookInstance", "not-a-uuid"), "hookInstance"),
-    (lambda b: b["context"].pop("patientId"), "context.patientId"),
-    (lambda b: b["context"].__setitem__("userId", "Organization/1"), "context.userId"),
-    (lambda b: b["context"].__setitem__("patientId", "a b"), "context.patientId"),
-    (lambda b: b["context"].pop("draftOrders"), "context.draftOrders"),
-    (lambda b: b["context"]["draftOrders"].__setitem__("resourceType", "Patient"), "context.draftOrders.resourceType"),
-    (lambda b: (b.pop("fhirServer"), b.__setitem__("fhirAuthorization", {
-        "access_token": "x", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"})), "fhirServer"),
-    (lambda b: b.__setitem__("fhirAuthorization", {"access_token": "x", "token_type": "Bearer"}),
-     "fhirAuthorization.expires_in"),
-    (lambda b: b.__setitem__("prefetch", {"patient": "Patient/1"}), "prefetch.patient"),
-    (lambda b: b.__setitem__("hook", "patient-view"), "hook"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda b: b.pop("hookInstance"), "hookInstance"),
+        (lambda b: b.__setitem__("hookInstance", "not-a-uuid"), "hookInstance"),
+        (lambda b: b["context"].pop("patientId"), "context.patientId"),
+        (lambda b: b["context"].__setitem__("userId", "Organization/1"), "context.userId"),
+        (lambda b: b["context"].__setitem__("patientId", "a b"), "context.patientId"),
+        (lambda b: b["context"].pop("draftOrders"), "context.draftOrders"),
+        (
+            lambda b: b["context"]["draftOrders"].__setitem__("resourceType", "Patient"),
+            "context.draftOrders.resourceType",
+        ),
+        (
+            lambda b: (
+                b.pop("fhirServer"),
+                b.__setitem__(
+                    "fhirAuthorization",
+                    {
+                        "access_token": "x",
+                        "token_type": "Bearer",
+                        "expires_in": 300,
+                        "scope": "s",
+                        "subject": "c",
+                    },
+                ),
+            ),
+            "fhirServer",
+        ),
+        (
+            lambda b: b.__setitem__("fhirAuthorization", {"access_token": "x", "token_type": "Bearer"}),
+            "fhirAuthorization.expires_in",
+        ),
+        (lambda b: b.__setitem__("prefetch", {"patient": "Patient/1"}), "prefetch.patient"),
+        (lambda b: b.__setitem__("hook", "patient-view"), "hook"),
+    ],
+)
 def test_each_bad_field_is_named(client, mutate, field):
     body = copy.deepcopy(load_fixture("conformance/cdshooks-request-order-sign-good.json"))
     mutate(body)

@@ -9,25 +9,27 @@ import shutil
 import uuid
 from pathlib import Path
 
+import builders
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text, update
 
 from cds_service.audit.auditors import AuditorTokens, create_token
-from cds_service.audit.export import export_bundle
-from cds_service.audit.retention import purge
-from cds_service.cli import main
-from cds_service.audit.storage import decisions, init_schema, make_engine
 from cds_service.audit.decision_log import DecisionLog
+from cds_service.audit.export import export_bundle
 from cds_service.audit.record import DecisionRecord
-
-import builders
+from cds_service.audit.retention import purge
+from cds_service.audit.storage import decisions, init_schema, make_engine
+from cds_service.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER_SIGN = "/cds-services/medication-order-check"
 TOKEN = "tok-decision-log-9d8f"
-CASE = {"patient": {"age": 70, "gender": "female", "name": [{"family": "Uniquename-Zq7"}]},
-        "medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
+CASE = {
+    "patient": {"age": 70, "gender": "female", "name": [{"family": "Uniquename-Zq7"}]},
+    "medications": ["Warfarin Sodium 5 MG Oral Tablet"],
+    "draftOrders": ["Ibuprofen 400 MG Oral Tablet"],
+}
 
 
 def _record(app, response) -> dict:
@@ -35,9 +37,17 @@ def _record(app, response) -> dict:
 
 
 def test_every_call_is_recorded_with_what_an_auditor_needs(app):
-    body = builders.order_sign(CASE, fhirServer="https://ehr.example.test/fhir",
-                               fhirAuthorization={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                                  "scope": "user/*.read", "subject": "cds"})
+    body = builders.order_sign(
+        CASE,
+        fhirServer="https://ehr.example.test/fhir",
+        fhirAuthorization={
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/*.read",
+            "subject": "cds",
+        },
+    )
     response = app.test_client().post(ORDER_SIGN, json=body)
     assert response.status_code == 200
     record = _record(app, response)
@@ -51,12 +61,15 @@ def test_every_call_is_recorded_with_what_an_auditor_needs(app):
     assert data["patient"]["origin"] == "prefetch" and len(data["patient"]["resources"][0]["hash"]) == 64
     assert data["context.draftOrders"]["resources"][0]["reference"].startswith("MedicationRequest/")
     rules = {r["id"]: r for r in record["rules"]}
-    assert rules["ddi-warfarin-nsaid"]["outcome"] == "fired" and rules["duplicate-ingredient"]["outcome"] == "not-fired"
+    assert (
+        rules["ddi-warfarin-nsaid"]["outcome"] == "fired"
+        and rules["duplicate-ingredient"]["outcome"] == "not-fired"
+    )
     assert record["response"]["cards"] == response.get_json()["cards"]
     assert {"parse", "prefetch", "validate", "facts", "rules", "cards", "total"} <= set(record["timingsMs"])
     raw = json.dumps(record)
-    assert TOKEN not in raw                 # never the access token
-    assert "Uniquename-Zq7" not in raw      # patient data by reference and hash, not copied
+    assert TOKEN not in raw  # never the access token
+    assert "Uniquename-Zq7" not in raw  # patient data by reference and hash, not copied
 
 
 def test_rejected_calls_are_recorded_too(app):
@@ -80,8 +93,10 @@ def test_shadow_rules_are_evaluated_and_recorded_without_a_card(make_app, tmp_pa
     rule.write_text(rule.read_text().replace("status: active", "status: shadow", 1))
     app = make_app(CDS_CONTENT_DIR=str(content))
     response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(CASE))
-    assert not any(c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid"
-                   for c in response.get_json()["cards"])
+    assert not any(
+        c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid"
+        for c in response.get_json()["cards"]
+    )
     entry = next(r for r in _record(app, response)["rules"] if r["id"] == "ddi-warfarin-nsaid")
     assert entry["status"] == "shadow" and entry["outcome"] == "fired"
 
@@ -96,15 +111,36 @@ def _log_with(tmp_path, n=5) -> DecisionLog:
 
 
 def _fake_record(i: int, when: str = "2026-11-26T10:00:00.000000Z") -> DecisionRecord:
-    return DecisionRecord({"id": str(uuid.uuid4()), "recordedAt": when, "service": {"id": "svc"}, "hook": "order-sign",
-            "hookInstance": str(uuid.uuid4()), "patient": f"Patient/p{i}", "user": "Practitioner/u",
-            "client": {"id": None, "authenticated": False}, "data": [], "rules": [], "llm": None,
-            "response": {"status": 200, "cards": []}, "timingsMs": {"total": 1.0}})
+    return DecisionRecord(
+        {
+            "id": str(uuid.uuid4()),
+            "recordedAt": when,
+            "service": {"id": "svc"},
+            "hook": "order-sign",
+            "hookInstance": str(uuid.uuid4()),
+            "patient": f"Patient/p{i}",
+            "user": "Practitioner/u",
+            "client": {"id": None, "authenticated": False},
+            "data": [],
+            "rules": [],
+            "llm": None,
+            "response": {"status": 200, "cards": []},
+            "timingsMs": {"total": 1.0},
+        }
+    )
 
 
-@pytest.mark.parametrize("tamper, bad_seq", [
-    ("edit", 3), ("edit_column", 2), ("delete_middle", 4), ("reorder", 2), ("delete_tail", 5), ("insert", 6),
-])
+@pytest.mark.parametrize(
+    "tamper, bad_seq",
+    [
+        ("edit", 3),
+        ("edit_column", 2),
+        ("delete_middle", 4),
+        ("reorder", 2),
+        ("delete_tail", 5),
+        ("insert", 6),
+    ],
+)
 def test_verify_names_the_first_bad_record(tmp_path, tamper, bad_seq):
     log = _log_with(tmp_path)
     assert log.verify().ok and log.verify().checked == 5
@@ -113,8 +149,11 @@ def test_verify_names_the_first_bad_record(tmp_path, tamper, bad_seq):
         if tamper == "edit":
             record = json.loads(rows[3].record)
             record["response"]["status"] = 500
-            conn.execute(update(decisions).where(decisions.c.seq == 3).values(
-                record=json.dumps(record, sort_keys=True, separators=(",", ":"))))
+            conn.execute(
+                update(decisions)
+                .where(decisions.c.seq == 3)
+                .values(record=json.dumps(record, sort_keys=True, separators=(",", ":")))
+            )
         elif tamper == "edit_column":
             conn.execute(update(decisions).where(decisions.c.seq == 2).values(patient_ref="Patient/other"))
         elif tamper == "delete_middle":
@@ -180,7 +219,7 @@ def postgres_url():
     try:
         with admin.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:  # noqa: BLE001 - report why, the marker says what is needed
+    except Exception as exc:
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
     yield f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
     with admin.begin() as conn:
@@ -197,8 +236,16 @@ def test_postgresql_end_to_end_and_concurrent(make_app, postgres_url):
     log = app.extensions["cds_runtime"].storage.decision_log
     assert log.engine.dialect.name == "postgresql" and log.get(response.headers["X-Decision-Id"])
     card = response.get_json()["cards"][0]
-    again = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
-                           "overrideReason": {"userComment": "x"}}]}
+    again = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                "overrideReason": {"userComment": "x"},
+            }
+        ]
+    }
     assert client.post(f"{ORDER_SIGN}/feedback", json=again).get_json() == {"received": 1, "recorded": 1}
     assert client.post(f"{ORDER_SIGN}/feedback", json=again).get_json() == {"received": 1, "recorded": 0}
     concurrent = _concurrent_appends(postgres_url)
@@ -218,9 +265,15 @@ def test_fhir_export_is_valid_r4(app):
     client.post(ORDER_SIGN, json=bad)
     log = app.extensions["cds_runtime"].storage.decision_log
     from cds_service.audit.query import DecisionFilter, query
+
     records = query(log.engine, DecisionFilter())
-    records[0]["llm"] = {"modelId": "m@int8", "task": "explanation", "items": [
-        {"task": "explanation", "promptHash": "a" * 64, "status": "cached", "guard": {"accepted": True}}]}
+    records[0]["llm"] = {
+        "modelId": "m@int8",
+        "task": "explanation",
+        "items": [
+            {"task": "explanation", "promptHash": "a" * 64, "status": "cached", "guard": {"accepted": True}}
+        ],
+    }
     bundle = export_bundle(records)
     Bundle.model_validate(bundle)
     kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
@@ -239,7 +292,9 @@ def test_audit_cli_verify_query_export(make_app, tmp_path, monkeypatch):
     runner = CliRunner()
     ok = runner.invoke(main, ["audit", "verify"])
     assert ok.exit_code == 0 and ok.output.startswith("ok: 2 records")
-    rows = runner.invoke(main, ["audit", "query", "--patient", "case-patient", "--rule", "ddi-warfarin-nsaid"])
+    rows = runner.invoke(
+        main, ["audit", "query", "--patient", "case-patient", "--rule", "ddi-warfarin-nsaid"]
+    )
     assert rows.exit_code == 0 and rows.output.count("medication-order-check") == 2
     none = runner.invoke(main, ["audit", "query", "--rule", "metformin-egfr-below-30"])
     assert "medication-order-check" not in none.output

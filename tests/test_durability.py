@@ -10,13 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
-from cds_service.audit.storage import make_engine
-from cds_service.audit.decision_log import DecisionLog
-
 import builders
+import requests
 from test_serve import free_port, wait_ready
+
+from cds_service.audit.decision_log import DecisionLog
+from cds_service.audit.storage import make_engine
 
 CASE = {"medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
 
@@ -25,8 +24,13 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(tmp_path):
     port = free_port()
     env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}
     exe = Path(sys.executable).with_name("cds-service")
-    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "4"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_ready(base)
     acknowledged: list[str] = []
@@ -39,8 +43,9 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(tmp_path):
             if stop.is_set():
                 return
             try:
-                r = session.post(f"{base}/cds-services/medication-order-check", json=builders.order_sign(CASE),
-                                 timeout=5)
+                r = session.post(
+                    f"{base}/cds-services/medication-order-check", json=builders.order_sign(CASE), timeout=5
+                )
             except requests.RequestException:
                 return
             if r.status_code == 200:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import builders
+import pytest
 
 SERVICE = "/cds-services/medication-order-check"
 
@@ -16,8 +15,9 @@ def assert_outcome(response, status):
     assert response.mimetype == "application/fhir+json"
     body = response.get_json()
     assert body["resourceType"] == "OperationOutcome"
-    assert body["issue"] and all(i["severity"] in ("error", "fatal") and i["code"] and i["diagnostics"]
-                                 for i in body["issue"])
+    assert body["issue"] and all(
+        i["severity"] in ("error", "fatal") and i["code"] and i["diagnostics"] for i in body["issue"]
+    )
     return body
 
 
@@ -34,8 +34,11 @@ def test_401_when_clients_are_configured(make_app, tmp_path):
     clients = tmp_path / "clients.json"
     from cryptography.hazmat.primitives.asymmetric import ec
     from jwt.algorithms import ECAlgorithm
+
     jwk = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
-    clients.write_text(json.dumps({"clients": [{"iss": "https://ehr.test", "jwks": {"keys": [{**jwk, "kid": "k"}]}}]}))
+    clients.write_text(
+        json.dumps({"clients": [{"iss": "https://ehr.test", "jwks": {"keys": [{**jwk, "kid": "k"}]}}]})
+    )
     client = make_app(CDS_CLIENTS=str(clients)).test_client()
     response = client.post(SERVICE, json={})
     assert_outcome(response, 401)
@@ -65,7 +68,9 @@ def test_413_request_too_large(make_app):
 
 
 def test_415_not_json(client):
-    assert_outcome(client.post(SERVICE, data="hook=order-sign", content_type="application/x-www-form-urlencoded"), 415)
+    assert_outcome(
+        client.post(SERVICE, data="hook=order-sign", content_type="application/x-www-form-urlencoded"), 415
+    )
 
 
 def test_400_invalid_resource_names_resource_and_field(client):
@@ -76,25 +81,59 @@ def test_400_invalid_resource_names_resource_and_field(client):
 
 
 def test_400_wrong_patient_in_prefetch(client):
-    body = builders.order_sign({"medications": ["Ibuprofen 200 MG Oral Tablet"],
-                                "draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
+    body = builders.order_sign(
+        {"medications": ["Ibuprofen 200 MG Oral Tablet"], "draftOrders": ["Ibuprofen 200 MG Oral Tablet"]}
+    )
     body["prefetch"]["medications"]["entry"][0]["resource"]["subject"]["reference"] = "Patient/someone-else"
     out = assert_outcome(client.post(SERVICE, json=body), 400)
     assert out["issue"][0]["expression"] == ["prefetch.medications.subject.reference"]
 
 
-@pytest.mark.parametrize("payload", [
-    None, 0, "x", [], {}, {"hook": None}, {"hook": 5}, {"hook": "order-sign", "context": []},
-    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11", "context": {}},
-    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
-     "context": {"userId": "Practitioner/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle",
-                                                                             "entry": [{"resource": 5}, 7]}}},
-    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
-     "context": {"userId": "Practitioner/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle", "entry": [
-         {"resource": {"resourceType": "NoSuchType"}}]}}},
-    {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11", "prefetch": {"a": [1]},
-     "context": {"userId": "Practitioner/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle"}}},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        0,
+        "x",
+        [],
+        {},
+        {"hook": None},
+        {"hook": 5},
+        {"hook": "order-sign", "context": []},
+        {"hook": "order-sign", "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11", "context": {}},
+        {
+            "hook": "order-sign",
+            "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
+            "context": {
+                "userId": "Practitioner/1",
+                "patientId": "1",
+                "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": 5}, 7]},
+            },
+        },
+        {
+            "hook": "order-sign",
+            "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
+            "context": {
+                "userId": "Practitioner/1",
+                "patientId": "1",
+                "draftOrders": {
+                    "resourceType": "Bundle",
+                    "entry": [{"resource": {"resourceType": "NoSuchType"}}],
+                },
+            },
+        },
+        {
+            "hook": "order-sign",
+            "hookInstance": "3f1d6a52-0d38-4f38-9b43-8e2b0c0c8d11",
+            "prefetch": {"a": [1]},
+            "context": {
+                "userId": "Practitioner/1",
+                "patientId": "1",
+                "draftOrders": {"resourceType": "Bundle"},
+            },
+        },
+    ],
+)
 def test_malformed_input_is_4xx_never_5xx(client, payload):
     response = client.post(SERVICE, data=json.dumps(payload), content_type="application/json")
     assert 400 <= response.status_code < 500

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import uuid
 
+import builders
 from sqlalchemy import select
 
 from cds_service.audit.storage import feedback
-
-import builders
 
 SERVICE = "medication-order-check"
 
 
 def _card(client):
-    body = builders.order_sign({"medications": ["Acetaminophen 325 MG Oral Tablet"],
-                                "draftOrders": ["Acetaminophen 500 MG Oral Tablet"]})
+    body = builders.order_sign(
+        {
+            "medications": ["Acetaminophen 325 MG Oral Tablet"],
+            "draftOrders": ["Acetaminophen 500 MG Oral Tablet"],
+        }
+    )
     return client.post(f"/cds-services/{SERVICE}", json=body).get_json()["cards"][0]
 
 
@@ -27,25 +30,47 @@ def _rows(app):
 def test_accepted_and_overridden_are_stored_with_rule_and_version(app):
     client = app.test_client()
     card = _card(client)
-    payload = {"feedback": [
-        {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-         "outcomeTimestamp": "2026-11-26T10:00:00Z"},
-        {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:05:00.52Z",
-         "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "intended"}}]}
+    payload = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+                "outcomeTimestamp": "2026-11-26T10:00:00Z",
+            },
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:05:00.52Z",
+                "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "intended"},
+            },
+        ]
+    }
     response = client.post(f"/cds-services/{SERVICE}/feedback", json=payload)
     assert response.status_code == 200 and response.get_json() == {"received": 2, "recorded": 2}
     rows = _rows(app)
     assert {r["outcome"] for r in rows} == {"accepted", "overridden"}
     assert {(r["rule_id"], r["rule_version"]) for r in rows} == {("duplicate-ingredient", "1.0.0")}
     overridden = next(r for r in rows if r["outcome"] == "overridden")
-    assert overridden["override_code"] == card["overrideReasons"][0]["code"] and overridden["user_comment"] == "intended"
+    assert (
+        overridden["override_code"] == card["overrideReasons"][0]["code"]
+        and overridden["user_comment"] == "intended"
+    )
 
 
 def test_same_report_twice_is_one_record(app):
     client = app.test_client()
     card = _card(client)
-    payload = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
-                             "overrideReason": {"userComment": "n/a"}}]}
+    payload = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                "overrideReason": {"userComment": "n/a"},
+            }
+        ]
+    }
     first = client.post(f"/cds-services/{SERVICE}/feedback", json=payload).get_json()
     again = client.post(f"/cds-services/{SERVICE}/feedback", json=payload).get_json()
     assert first == {"received": 1, "recorded": 1} and again == {"received": 1, "recorded": 0}
@@ -56,16 +81,34 @@ def test_urn_uuid_prefix_is_the_same_card(app):
     client = app.test_client()
     card = _card(client)
     for prefix in ("", "urn:uuid:"):
-        client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [
-            {"card": prefix + card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
-             "overrideReason": {"userComment": "x"}}]})
+        client.post(
+            f"/cds-services/{SERVICE}/feedback",
+            json={
+                "feedback": [
+                    {
+                        "card": prefix + card["uuid"],
+                        "outcome": "overridden",
+                        "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                        "overrideReason": {"userComment": "x"},
+                    }
+                ]
+            },
+        )
     assert len(_rows(app)) == 1
 
 
 def test_unknown_card_is_kept_unlinked(app):
     client = app.test_client()
-    payload = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
-                             "outcomeTimestamp": "2026-11-26T10:00:00Z", "overrideReason": {"userComment": "x"}}]}
+    payload = {
+        "feedback": [
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                "overrideReason": {"userComment": "x"},
+            }
+        ]
+    }
     assert client.post(f"/cds-services/{SERVICE}/feedback", json=payload).status_code == 200
     assert _rows(app)[0]["rule_id"] is None
 
@@ -73,8 +116,16 @@ def test_unknown_card_is_kept_unlinked(app):
 def test_card_of_another_service_is_refused(app):
     client = app.test_client()
     card = _card(client)
-    payload = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
-                             "overrideReason": {"userComment": "x"}}]}
+    payload = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                "overrideReason": {"userComment": "x"},
+            }
+        ]
+    }
     response = client.post("/cds-services/patient-chart-review/feedback", json=payload)
     assert response.status_code == 400
     assert response.get_json()["issue"][0]["expression"] == ["feedback[0].card"]
@@ -82,17 +133,40 @@ def test_card_of_another_service_is_refused(app):
 
 def test_spec_invariants_are_enforced(client):
     cases = [
-        ({"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2026-11-26T10:00:00Z"},
-         "feedback[0].acceptedSuggestions"),
-        ({"card": str(uuid.uuid4()), "outcome": "ignored", "outcomeTimestamp": "2026-11-26T10:00:00Z"},
-         "feedback[0].outcome"),
-        ({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00",
-          "overrideReason": {"userComment": "x"}}, "feedback[0].outcomeTimestamp"),
-        ({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
-          "overrideReason": {}}, "feedback[0].overrideReason"),
-        ({"card": "nope", "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z"}, "feedback[0].card"),
+        (
+            {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2026-11-26T10:00:00Z"},
+            "feedback[0].acceptedSuggestions",
+        ),
+        (
+            {"card": str(uuid.uuid4()), "outcome": "ignored", "outcomeTimestamp": "2026-11-26T10:00:00Z"},
+            "feedback[0].outcome",
+        ),
+        (
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:00:00",
+                "overrideReason": {"userComment": "x"},
+            },
+            "feedback[0].outcomeTimestamp",
+        ),
+        (
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                "overrideReason": {},
+            },
+            "feedback[0].overrideReason",
+        ),
+        (
+            {"card": "nope", "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z"},
+            "feedback[0].card",
+        ),
     ]
     for entry, field in cases:
         response = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [entry]})
         assert response.status_code == 400, entry
-        assert field in [e for i in response.get_json()["issue"] for e in i["expression"]], response.get_json()
+        assert field in [e for i in response.get_json()["issue"] for e in i["expression"]], (
+            response.get_json()
+        )

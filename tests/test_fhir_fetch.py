@@ -6,35 +6,49 @@ import logging
 import socket
 from datetime import date
 
+import builders
 import pytest
-
-from cds_service.ehr.fhir_client import (FetchLimits, FhirAuthRejected, FhirBadResponse, FhirClient,
-                                     FhirServerNotAllowed, FhirUnreachable, ServerAllowlist, new_session)
+from fhir_fake import Reply, searchset
 
 from cds_service.clinical.rule_cases import CaseBuilder
-
-import builders
-from fhir_fake import Reply, searchset
+from cds_service.ehr.fhir_client import (
+    FetchLimits,
+    FhirAuthRejected,
+    FhirBadResponse,
+    FhirClient,
+    FhirServerNotAllowed,
+    FhirUnreachable,
+    ServerAllowlist,
+    new_session,
+)
 
 TOKEN = "tok-6f1c2d-do-not-log"
 
 
 def make_client(base, allowed=(), **limits):
-    return FhirClient(new_session(), base, access_token=TOKEN, allowlist=ServerAllowlist(list(allowed)),
-                      limits=FetchLimits(**{"connect_timeout": 1.0, "read_timeout": 1.0, **limits}))
+    return FhirClient(
+        new_session(),
+        base,
+        access_token=TOKEN,
+        allowlist=ServerAllowlist(list(allowed)),
+        limits=FetchLimits(**{"connect_timeout": 1.0, "read_timeout": 1.0, **limits}),
+    )
 
 
-@pytest.mark.parametrize("prefix, url, ok", [
-    ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir/Patient/1", True),
-    ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir", True),
-    ("https://ehr.example.org/fhir/", "https://EHR.example.org:443/fhir/Patient?x=1", True),
-    ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir-other/Patient/1", False),
-    ("https://ehr.example.org/fhir", "https://ehr.example.org.evil.test/fhir/Patient/1", False),
-    ("https://ehr.example.org/fhir", "http://ehr.example.org/fhir/Patient/1", False),
-    ("https://ehr.example.org/fhir", "https://ehr.example.org:8443/fhir/Patient/1", False),
-    ("https://ehr.example.org/fhir", "https://user@evil.test/fhir", False),
-    ("https://ehr.example.org/fhir", "file:///etc/passwd", False),
-])
+@pytest.mark.parametrize(
+    "prefix, url, ok",
+    [
+        ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir/Patient/1", True),
+        ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir", True),
+        ("https://ehr.example.org/fhir/", "https://EHR.example.org:443/fhir/Patient?x=1", True),
+        ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir-other/Patient/1", False),
+        ("https://ehr.example.org/fhir", "https://ehr.example.org.evil.test/fhir/Patient/1", False),
+        ("https://ehr.example.org/fhir", "http://ehr.example.org/fhir/Patient/1", False),
+        ("https://ehr.example.org/fhir", "https://ehr.example.org:8443/fhir/Patient/1", False),
+        ("https://ehr.example.org/fhir", "https://user@evil.test/fhir", False),
+        ("https://ehr.example.org/fhir", "file:///etc/passwd", False),
+    ],
+)
 def test_allowlist_matches_scheme_host_port_and_path_segments(prefix, url, ok):
     assert ServerAllowlist([prefix]).permits(url) is ok
 
@@ -47,10 +61,18 @@ def test_not_allowed_server_gets_no_request(fake_fhir):
 
 
 def test_not_allowed_server_through_the_app_is_412_and_silent(client, fake_fhir):
-    body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]}, prefetch_keys=("patient",),
-                               fhirServer=fake_fhir.base_url,
-                               fhirAuthorization={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                                  "scope": "user/*.read", "subject": "cds"})
+    body = builders.order_sign(
+        {"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]},
+        prefetch_keys=("patient",),
+        fhirServer=fake_fhir.base_url,
+        fhirAuthorization={
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/*.read",
+            "subject": "cds",
+        },
+    )
     response = client.post("/cds-services/medication-order-check", json=body)
     assert response.status_code == 412
     assert "CDS_FHIR_ALLOWED_SERVERS" in response.get_json()["issue"][0]["diagnostics"]
@@ -91,18 +113,24 @@ def test_server_error_and_garbage(fake_fhir):
 
 def test_paging_follows_next_links(fake_fhir):
     base = fake_fhir.base_url
-    fake_fhir.routes["Observation?subject=Patient/p1"] = Reply(200, searchset(
-        [{"resourceType": "Observation", "id": "o1"}], next_url=f"{base}/Observation?page=2"))
-    fake_fhir.routes["Observation?page=2"] = Reply(200, searchset(
-        [{"resourceType": "Observation", "id": "o2"}], next_url=f"{base}/Observation?page=3"))
-    fake_fhir.routes["Observation?page=3"] = Reply(200, searchset([{"resourceType": "Observation", "id": "o3"}]))
+    fake_fhir.routes["Observation?subject=Patient/p1"] = Reply(
+        200, searchset([{"resourceType": "Observation", "id": "o1"}], next_url=f"{base}/Observation?page=2")
+    )
+    fake_fhir.routes["Observation?page=2"] = Reply(
+        200, searchset([{"resourceType": "Observation", "id": "o2"}], next_url=f"{base}/Observation?page=3")
+    )
+    fake_fhir.routes["Observation?page=3"] = Reply(
+        200, searchset([{"resourceType": "Observation", "id": "o3"}])
+    )
     resources, pages = make_client(base, [base]).get("Observation?subject=Patient/p1")
     assert [r["id"] for r in resources] == ["o1", "o2", "o3"] and pages == 3
 
 
 def test_paging_is_bounded(fake_fhir):
     base = fake_fhir.base_url
-    fake_fhir.routes["Observation?page=1"] = lambda rel: Reply(200, searchset([], next_url=f"{base}/Observation?page=1"))
+    fake_fhir.routes["Observation?page=1"] = lambda rel: Reply(
+        200, searchset([], next_url=f"{base}/Observation?page=1")
+    )
     with pytest.raises(FhirBadResponse, match="pages"):
         make_client(base, [base], max_pages=3).get("Observation?page=1")
     assert len(fake_fhir.seen) == 3
@@ -110,7 +138,9 @@ def test_paging_is_bounded(fake_fhir):
 
 def test_next_link_to_another_host_is_refused(fake_fhir):
     base = fake_fhir.base_url
-    fake_fhir.routes["Observation?x=1"] = Reply(200, searchset([], next_url="http://attacker.invalid/steal?page=2"))
+    fake_fhir.routes["Observation?x=1"] = Reply(
+        200, searchset([], next_url="http://attacker.invalid/steal?page=2")
+    )
     with pytest.raises(FhirServerNotAllowed):
         make_client(base, [base]).get("Observation?x=1")
 
@@ -123,21 +153,32 @@ def test_redirects_are_not_followed(fake_fhir):
 
 
 def test_oversized_response_is_refused(fake_fhir):
-    fake_fhir.routes["Patient/p1"] = Reply(200, {"resourceType": "Patient", "id": "p1", "text": {"div": "x" * 5000}})
+    fake_fhir.routes["Patient/p1"] = Reply(
+        200, {"resourceType": "Patient", "id": "p1", "text": {"div": "x" * 5000}}
+    )
     with pytest.raises(FhirBadResponse, match="larger"):
         make_client(fake_fhir.base_url, [fake_fhir.base_url], max_response_bytes=1000).get("Patient/p1")
 
 
 def test_fetch_through_the_app_then_token_never_logged_or_stored(make_app, fake_fhir, caplog):
     base = fake_fhir.base_url
-    body = builders.order_sign({"medications": ["Ibuprofen 200 MG Oral Tablet"],
-                                "draftOrders": ["Ibuprofen 600 MG Oral Tablet"]}, prefetch_keys=("patient",),
-                               fhirServer=base,
-                               fhirAuthorization={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                                  "scope": "user/*.read", "subject": "cds"})
+    body = builders.order_sign(
+        {"medications": ["Ibuprofen 200 MG Oral Tablet"], "draftOrders": ["Ibuprofen 600 MG Oral Tablet"]},
+        prefetch_keys=("patient",),
+        fhirServer=base,
+        fhirAuthorization={
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/*.read",
+            "subject": "cds",
+        },
+    )
     resources, _ = CaseBuilder(date.today()).build({"medications": ["Ibuprofen 200 MG Oral Tablet"]})
     active = [r for r in resources if r["resourceType"] == "MedicationRequest"]
-    fake_fhir.routes["MedicationRequest?subject=Patient/case-patient&status=active"] = Reply(200, searchset(active))
+    fake_fhir.routes["MedicationRequest?subject=Patient/case-patient&status=active"] = Reply(
+        200, searchset(active)
+    )
     fake_fhir.default = Reply(200, searchset([]))
     app = make_app(CDS_FHIR_ALLOWED_SERVERS=base)
     caplog.set_level(logging.DEBUG)

@@ -15,8 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
     return next(out.glob("cds_service-*.whl"))
 
 
@@ -32,11 +35,19 @@ def test_wheel_contains_content_and_no_fhir_package(wheel):
 def test_installed_copy_loads_its_packaged_content(wheel, tmp_path):
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = ("import cds_service.content as c, sys; d = c.default_content_dir(); "
-            "assert d.name == '_content', d; "
-            "from cds_service.protocol.app import create_app; "
-            f"app = create_app({{'CDS_DATA_DIR': {str(tmp_path / 'data')!r}}}); "
-            "r = app.test_client().get('/readyz').get_json(); assert r['ready'], r; print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    code = (
+        "import cds_service.content as c, sys; d = c.default_content_dir(); "
+        "assert d.name == '_content', d; "
+        "from cds_service.protocol.app import create_app; "
+        f"app = create_app({{'CDS_DATA_DIR': {str(tmp_path / 'data')!r}}}); "
+        "r = app.test_client().get('/readyz').get_json(); assert r['ready'], r; print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -4,31 +4,49 @@ from __future__ import annotations
 
 import uuid
 
+import builders
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from cds_service.cli import main
-from cds_service.audit.storage import feedback, init_schema, make_engine, rule_outcomes
 from cds_service.audit.pdca import collect, render_html, render_markdown, review
+from cds_service.audit.storage import feedback, init_schema, make_engine, rule_outcomes
+from cds_service.cli import main
 
-import builders
 
-
-def _seed(engine, rule_id, version, status, fired, evaluated, accepted=0, overridden=0, reason="risk-benefit-ratio"):
+def _seed(
+    engine, rule_id, version, status, fired, evaluated, accepted=0, overridden=0, reason="risk-benefit-ratio"
+):
     with engine.begin() as conn:
         for i in range(evaluated):
-            conn.execute(insert(rule_outcomes).values(
-                decision_id=str(uuid.uuid4()), recorded_at="2026-11-01T00:00:00Z", rule_id=rule_id,
-                rule_version=version, rule_status=status, outcome="fired" if i < fired else "not-fired",
-                cards_shown=1 if (i < fired and status == "active") else 0))
+            conn.execute(
+                insert(rule_outcomes).values(
+                    decision_id=str(uuid.uuid4()),
+                    recorded_at="2026-11-01T00:00:00Z",
+                    rule_id=rule_id,
+                    rule_version=version,
+                    rule_status=status,
+                    outcome="fired" if i < fired else "not-fired",
+                    cards_shown=1 if (i < fired and status == "active") else 0,
+                )
+            )
         for i in range(accepted + overridden):
             outcome = "accepted" if i < accepted else "overridden"
-            conn.execute(insert(feedback).values(
-                dedupe_key=uuid.uuid4().hex, service_id="s", card_uuid=str(uuid.uuid4()), outcome=outcome,
-                override_code=None if outcome == "accepted" else reason,
-                override_display=None if outcome == "accepted" else "Recipient assessment of risk/benefit ratio",
-                outcome_timestamp="2026-11-01T00:00:00Z", received_at="2026-11-01T00:00:00Z",
-                rule_id=rule_id, rule_version=version))
+            conn.execute(
+                insert(feedback).values(
+                    dedupe_key=uuid.uuid4().hex,
+                    service_id="s",
+                    card_uuid=str(uuid.uuid4()),
+                    outcome=outcome,
+                    override_code=None if outcome == "accepted" else reason,
+                    override_display=None
+                    if outcome == "accepted"
+                    else "Recipient assessment of risk/benefit ratio",
+                    outcome_timestamp="2026-11-01T00:00:00Z",
+                    received_at="2026-11-01T00:00:00Z",
+                    rule_id=rule_id,
+                    rule_version=version,
+                )
+            )
 
 
 def test_counts_rates_and_review_list(tmp_path):
@@ -55,12 +73,26 @@ def test_report_command_after_real_calls_and_feedback(tmp_path, monkeypatch, mak
     monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path / "data"))
     app = make_app(CDS_DATA_DIR=str(tmp_path / "data"))
     client = app.test_client()
-    body = builders.order_sign({"medications": ["Acetaminophen 325 MG Oral Tablet"],
-                                "draftOrders": ["Acetaminophen 500 MG Oral Tablet"]})
+    body = builders.order_sign(
+        {
+            "medications": ["Acetaminophen 325 MG Oral Tablet"],
+            "draftOrders": ["Acetaminophen 500 MG Oral Tablet"],
+        }
+    )
     card = client.post("/cds-services/medication-order-check", json=body).get_json()["cards"][0]
-    client.post("/cds-services/medication-order-check/feedback", json={"feedback": [
-        {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z",
-         "overrideReason": {"reason": card["overrideReasons"][0]}}]})
+    client.post(
+        "/cds-services/medication-order-check/feedback",
+        json={
+            "feedback": [
+                {
+                    "card": card["uuid"],
+                    "outcome": "overridden",
+                    "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                    "overrideReason": {"reason": card["overrideReasons"][0]},
+                }
+            ]
+        },
+    )
     result = CliRunner().invoke(main, ["pdca", "report", "--since", "2000-01-01"])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("| duplicate-ingredient |"))

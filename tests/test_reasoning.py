@@ -11,20 +11,22 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import builders
 import pytest
+from tiny_model import build_tiny_hf_model
 
 from cds_service.reasoning.backends import GenAiBackend, Generation, RemoteBackend
 from cds_service.reasoning.grounding import GroundingGuard, tidy
 from cds_service.reasoning.model_cache import default_model_dir
 from cds_service.reasoning.preparation.prepare import prepare, read_manifest
 
-import builders
-from tiny_model import build_tiny_hf_model
-
 ORDER_SIGN = "/cds-services/medication-order-check"
-WARFARIN_CASE = {"patient": {"age": 74, "gender": "female"}, "medications": ["Warfarin Sodium 5 MG Oral Tablet"],
-                 "observations": [{"code": "loinc|6301-6", "value": 2.8, "daysAgo": 6}],
-                 "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
+WARFARIN_CASE = {
+    "patient": {"age": 74, "gender": "female"},
+    "medications": ["Warfarin Sodium 5 MG Oral Tablet"],
+    "observations": [{"code": "loinc|6301-6", "value": 2.8, "daysAgo": 6}],
+    "draftOrders": ["Ibuprofen 400 MG Oral Tablet"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -36,41 +38,52 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def terminology():
-    from cds_service.settings import Settings
     from cds_service.clinical.terminology import load_terminology
+    from cds_service.settings import Settings
+
     return load_terminology(Settings.load({"llm": "off"}).fhir_dir / "terminology")
 
 
 # -- preparation ---------------------------------------------------------------------------------
 
+
 def test_prepare_writes_manifest_and_is_idempotent(tiny_model, tmp_path):
     manifest = tiny_model.manifest
     assert manifest["id"].startswith("tiny-llama@int8-") and manifest["weightFormat"] == "int8"
     assert manifest["source"]["kind"] == "huggingface" and len(manifest["source"]["sha256"]) == 64
-    assert {"openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml",
-            "openvino_detokenizer.xml"} <= set(manifest["files"])
+    assert {
+        "openvino_model.xml",
+        "openvino_model.bin",
+        "openvino_tokenizer.xml",
+        "openvino_detokenizer.xml",
+    } <= set(manifest["files"])
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert {"openvino", "optimum-intel", "transformers", "nncf"} <= set(manifest["libraries"])
     assert "--weight-format" in manifest["exportCommand"]
-    again = prepare(tiny_model.path, source=_hf_of(tiny_model), weight_format="int8",
-                    name="tiny-llama", progress=False)
+    again = prepare(
+        tiny_model.path, source=_hf_of(tiny_model), weight_format="int8", name="tiny-llama", progress=False
+    )
     assert again.reused and again.model_id == tiny_model.model_id
 
 
 def _hf_of(prepared):
     from pathlib import Path
+
     return Path(prepared.manifest["source"]["path"])
 
 
 def test_an_exported_openvino_folder_is_a_source_too(tiny_model, tmp_path):
     copied = prepare(tmp_path / "copy", source=tiny_model.path, name="tiny-copy", progress=False)
     assert copied.manifest["source"]["kind"] == "openvino"
-    assert copied.manifest["files"]["openvino_model.bin"]["sha256"] == \
-        tiny_model.manifest["files"]["openvino_model.bin"]["sha256"]
+    assert (
+        copied.manifest["files"]["openvino_model.bin"]["sha256"]
+        == tiny_model.manifest["files"]["openvino_model.bin"]["sha256"]
+    )
     assert read_manifest(copied.path)["id"].startswith("tiny-copy@as-provided-")
 
 
 # -- generation ------------------------------------------------------------------------------------
+
 
 def test_genai_backend_generates_bounded_text(tiny_model):
     backend = GenAiBackend(tiny_model.path)
@@ -85,10 +98,14 @@ def test_remote_openai_compatible_backend():
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            body = json.dumps({"choices": [{"message": {"content": "Bleeding risk is high."}}],
-                               "usage": {"prompt_tokens": 12, "completion_tokens": 5}}).encode()
+            body = json.dumps(
+                {
+                    "choices": [{"message": {"content": "Bleeding risk is high."}}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 5},
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -111,31 +128,47 @@ def test_remote_openai_compatible_backend():
 
 # -- the grounding guard -------------------------------------------------------------------------------
 
-PROMPT = ("Patient: 74 years old, female.\nActive problems: Hypertension.\nActive medications: Warfarin Sodium 5 MG "
-          "Oral Tablet.\nRecent labs: INR 2.8 on 2026-11-20.\nAlert: Ibuprofen 400 MG Oral Tablet with Warfarin Sodium "
-          "5 MG Oral Tablet: major bleeding risk")
+PROMPT = (
+    "Patient: 74 years old, female.\nActive problems: Hypertension.\nActive medications: Warfarin Sodium 5 "
+    "MG "
+    "Oral Tablet.\nRecent labs: INR 2.8 on 2026-11-20.\nAlert: Ibuprofen 400 MG Oral Tablet with Warfarin "
+    "Sodium "
+    "5 MG Oral Tablet: major bleeding risk"
+)
 
 
 def test_guard_accepts_grounded_text(terminology):
     text = "Warfarin with ibuprofen raises bleeding risk at an INR of 2.8. Consider a different pain plan."
     assert GroundingGuard(terminology).check(text, PROMPT).accepted
     causal = PROMPT.replace("Hypertension", "Anemia due to chronic kidney disease")
-    assert GroundingGuard(terminology).check("She has anemia due to chronic kidney disease and takes warfarin.",
-                                             causal).accepted
+    assert (
+        GroundingGuard(terminology)
+        .check("She has anemia due to chronic kidney disease and takes warfarin.", causal)
+        .accepted
+    )
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("Warfarin with ibuprofen raises bleeding risk; switch to apixaban.", "medications"),
-    ("Her INR of 3.4 shows warfarin is too strong with ibuprofen here.", "numbers"),
-    ("Because of her diabetes, warfarin with ibuprofen is dangerous for this patient.", "conditions"),
-    ("Check her potassium before continuing warfarin with ibuprofen today.", "lab tests"),
-    ("bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding",
-     "repetitive"),
-    ("Ok.", "short"),
-    ("Warfarin with ibuprofen is risky because of her cardiomyopathy and bleeding history.", "conditions"),
-    ("Warfarin with ibuprofen is risky with ARVC; expect major bleeding.", "abbreviations"),
-    ("Her hypertension is due to warfarin, so ibuprofen adds major bleeding risk.", "causes"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("Warfarin with ibuprofen raises bleeding risk; switch to apixaban.", "medications"),
+        ("Her INR of 3.4 shows warfarin is too strong with ibuprofen here.", "numbers"),
+        ("Because of her diabetes, warfarin with ibuprofen is dangerous for this patient.", "conditions"),
+        ("Check her potassium before continuing warfarin with ibuprofen today.", "lab tests"),
+        (
+            "bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding bleeding "
+            "bleeding bleeding",
+            "repetitive",
+        ),
+        ("Ok.", "short"),
+        (
+            "Warfarin with ibuprofen is risky because of her cardiomyopathy and bleeding history.",
+            "conditions",
+        ),
+        ("Warfarin with ibuprofen is risky with ARVC; expect major bleeding.", "abbreviations"),
+        ("Her hypertension is due to warfarin, so ibuprofen adds major bleeding risk.", "causes"),
+    ],
+)
 def test_guard_rejects_fabrication(terminology, text, reason):
     verdict = GroundingGuard(terminology).check(text, PROMPT)
     assert not verdict.accepted and any(reason in r for r in verdict.reasons), verdict.reasons
@@ -147,6 +180,7 @@ def test_tidy_keeps_whole_sentences():
 
 
 # -- deadline, cache, labelling ----------------------------------------------------------------------------
+
 
 class GatedBackend:
     """Answers with grounded text, but only when the test opens the gate."""
@@ -163,19 +197,23 @@ class GatedBackend:
 
 
 def _with_backend(app, backend, budget_ms=50):
+    from cds_service.reasoning.cache import LlmStore
     from cds_service.reasoning.grounding import GroundingGuard
     from cds_service.reasoning.reasoner import Reasoner
-    from cds_service.reasoning.cache import LlmStore
+
     rt = app.extensions["cds_runtime"]
-    rt.reasoner = Reasoner(backend, LlmStore(rt.storage.engine), GroundingGuard(rt.content.terminology),
-                           budget_ms=budget_ms)
+    rt.reasoner = Reasoner(
+        backend, LlmStore(rt.storage.engine), GroundingGuard(rt.content.terminology), budget_ms=budget_ms
+    )
     rt.registry.pipeline.reasoner = rt.reasoner
     return rt
 
 
 def test_slow_backend_never_holds_back_rule_cards_and_text_arrives_on_the_next_call(make_app):
     app = make_app()
-    backend = GatedBackend("Warfarin with ibuprofen raises the bleeding risk for this patient. Prefer another plan.")
+    backend = GatedBackend(
+        "Warfarin with ibuprofen raises the bleeding risk for this patient. Prefer another plan."
+    )
     rt = _with_backend(app, backend)
     client = app.test_client()
     body = builders.order_sign(WARFARIN_CASE)
@@ -195,13 +233,18 @@ def test_slow_backend_never_holds_back_rule_cards_and_text_arrives_on_the_next_c
     again["prefetch"] = body["prefetch"]
     again["context"]["draftOrders"] = body["context"]["draftOrders"]
     second = client.post(ORDER_SIGN, json=again)
-    card = next(c for c in second.get_json()["cards"]
-                if c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid")
+    card = next(
+        c
+        for c in second.get_json()["cards"]
+        if c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid"
+    )
     assert "AI-generated explanation" in card["detail"] and "gated-test-model" in card["detail"]
     assert card["indicator"] == "critical"  # unchanged by LLM text
     record = rt.storage.decision_log.get(second.headers["X-Decision-Id"])
     assert "cached" in {i["status"] for i in record["llm"]["items"]}
-    assert backend.calls == len(record["llm"]["items"])  # each prompt generated once, then served from the cache
+    assert backend.calls == len(
+        record["llm"]["items"]
+    )  # each prompt generated once, then served from the cache
 
 
 def test_ungrounded_text_is_dropped_and_recorded(make_app):
@@ -221,8 +264,9 @@ def test_patient_view_summary_card_is_labelled_info(make_app):
     backend = GatedBackend("The patient is 74 years old and takes Warfarin Sodium 5 MG Oral Tablet.")
     backend.gate.set()
     _with_backend(app, backend, budget_ms=5000)
-    body = builders.patient_view({"patient": {"age": 74, "gender": "female"},
-                                  "medications": ["Warfarin Sodium 5 MG Oral Tablet"]})
+    body = builders.patient_view(
+        {"patient": {"age": 74, "gender": "female"}, "medications": ["Warfarin Sodium 5 MG Oral Tablet"]}
+    )
     cards = app.test_client().post("/cds-services/patient-chart-review", json=body).get_json()["cards"]
     summary = next(c for c in cards if c["extension"]["org.cds-service.rule"]["id"] == "llm-summary")
     assert summary["indicator"] == "info" and "AI-generated" in summary["summary"]
@@ -251,10 +295,13 @@ def test_embedded_tiny_model_end_to_end(make_app, tiny_model):
     assert rt.readiness()["checks"]["llm"] == tiny_model.model_id
     response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE))
     items = rt.storage.decision_log.get(response.headers["X-Decision-Id"])["llm"]["items"]
-    assert items and items[0]["status"] == "generated" and "guard" in items[0]  # random weights: verdict varies
+    assert (
+        items and items[0]["status"] == "generated" and "guard" in items[0]
+    )  # random weights: verdict varies
 
 
 # -- the real model (prepared by `make run` / `cds-service model prepare`) ---------------------------------
+
 
 @pytest.mark.real_model
 def test_real_smollm2_tokenizer_is_repaired():
@@ -262,10 +309,13 @@ def test_real_smollm2_tokenizer_is_repaired():
     if not (model_dir / "manifest.json").is_file():
         pytest.skip("SmolLM2 not prepared (cds-service model prepare)")
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(model_dir)
     assert tok.eos_token == "<|im_end|>"
     ids = tok("the patient takes warfarin.")["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == ["the", "Ġpatient", "Ġtakes", "Ġwar", "f", "arin", "."]
     assert tok.decode(ids) == "the patient takes warfarin."
-    out = GenAiBackend(model_dir).generate([{"role": "user", "content": "Name one colour."}], max_new_tokens=16)
+    out = GenAiBackend(model_dir).generate(
+        [{"role": "user", "content": "Name one colour."}], max_new_tokens=16
+    )
     assert out.text and "<|im_end|>" not in out.text

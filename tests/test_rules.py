@@ -6,12 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shared import bundled_content
 
 from cds_service.clinical.rule_cases import run_case
 from cds_service.clinical.rule_model import load_rulebook
 from cds_service.ehr.validation import ResourceValidator
 from cds_service.errors import ContentError
-from shared import bundled_content
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,14 +40,21 @@ def _copy_rules(tmp_path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda t: t.replace("indicator: warning", "indicator: urgent", 1), "indicator"),
-    (lambda t: t.replace("status: active", "status: live", 1), "status"),
-    (lambda t: t.replace("same_ingredient_as: draft", "same_ingredient_as: draft\n    in: no-such-valueset", 1),
-     "when.medication.in"),
-    (lambda t: t.replace("version: 1.0.0", "version: one", 1), "version"),
-    (lambda t: t.replace('summary: "Duplicate', 'summary: "{{ draft.name ', 1), "card.summary"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda t: t.replace("indicator: warning", "indicator: urgent", 1), "indicator"),
+        (lambda t: t.replace("status: active", "status: live", 1), "status"),
+        (
+            lambda t: t.replace(
+                "same_ingredient_as: draft", "same_ingredient_as: draft\n    in: no-such-valueset", 1
+            ),
+            "when.medication.in",
+        ),
+        (lambda t: t.replace("version: 1.0.0", "version: one", 1), "version"),
+        (lambda t: t.replace('summary: "Duplicate', 'summary: "{{ draft.name ', 1), "card.summary"),
+    ],
+)
 def test_bad_rule_file_stops_loading_naming_file_and_field(tmp_path, content, edit, field):
     rules = _copy_rules(tmp_path)
     path = rules / "duplicate-therapy" / "duplicate-ingredient.yaml"

@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 import builders
+import requests
 
 
 def free_port() -> int:
@@ -36,15 +35,26 @@ def test_serve_with_two_workers(tmp_path):
     port = free_port()
     env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}
     exe = Path(sys.executable).with_name("cds-service")
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--workers", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)
-        body = builders.order_sign({"medications": ["Acetaminophen 325 MG Oral Tablet"],
-                                    "draftOrders": ["Acetaminophen 500 MG Oral Tablet"]})
-        answers = [requests.post(f"{base}/cds-services/medication-order-check", json=body, timeout=10)
-                   for _ in range(6)]
+        body = builders.order_sign(
+            {
+                "medications": ["Acetaminophen 325 MG Oral Tablet"],
+                "draftOrders": ["Acetaminophen 500 MG Oral Tablet"],
+            }
+        )
+        answers = [
+            requests.post(f"{base}/cds-services/medication-order-check", json=body, timeout=10)
+            for _ in range(6)
+        ]
         assert all(a.status_code == 200 and len(a.json()["cards"]) == 1 for a in answers)
         assert "gunicorn" in requests.get(f"{base}/healthz", timeout=5).headers.get("Server", "")
     finally:

@@ -6,12 +6,12 @@ from datetime import date
 
 import pytest
 
-from cds_service.settings import Settings
 from cds_service.clinical.facts import FactsBuilder
 from cds_service.clinical.mme import MmeCalculator
 from cds_service.clinical.renal import ckd_epi_2021, creatinine_mg_dl, latest_egfr
 from cds_service.clinical.rule_cases import PATIENT_ID, CaseBuilder
 from cds_service.clinical.terminology import ICD10CM, RXNORM, load_terminology
+from cds_service.settings import Settings
 
 SETTINGS = Settings.load({"llm": "off"})
 
@@ -26,21 +26,28 @@ def builder(terminology):
     return FactsBuilder(terminology, MmeCalculator.load(SETTINGS.fhir_dir))
 
 
-@pytest.mark.parametrize("codings, text, expected", [
-    ([(RXNORM, "11289")], "", {"warfarin"}),                                   # ingredient code
-    ([(RXNORM, "1049621")], "", {"oxycodone"}),                                # clinical drug code only (map)
-    ([(RXNORM, "855332")], "", {"warfarin"}),                                  # Synthea SCD code only (map)
-    ([], "Acetaminophen 325 MG / HYDROcodone Bitartrate 5 MG", {"acetaminophen", "hydrocodone"}),  # tall-man
-    ([], "Lasix 40mg", {"furosemide"}),                                         # brand name
-    ([], "Xyz unknown product", set()),
-])
+@pytest.mark.parametrize(
+    "codings, text, expected",
+    [
+        ([(RXNORM, "11289")], "", {"warfarin"}),  # ingredient code
+        ([(RXNORM, "1049621")], "", {"oxycodone"}),  # clinical drug code only (map)
+        ([(RXNORM, "855332")], "", {"warfarin"}),  # Synthea SCD code only (map)
+        (
+            [],
+            "Acetaminophen 325 MG / HYDROcodone Bitartrate 5 MG",
+            {"acetaminophen", "hydrocodone"},
+        ),  # tall-man
+        ([], "Lasix 40mg", {"furosemide"}),  # brand name
+        ([], "Xyz unknown product", set()),
+    ],
+)
 def test_ingredients_from_codes_names_and_brands(terminology, codings, text, expected):
     assert set(terminology.ingredients(codings, [text])) == expected
 
 
 def test_icd10cm_parents_and_ranges_match_descendants(terminology):
     cancer = "cdc-malignant-cancer-conditions"
-    assert terminology.codes_match(cancer, [(ICD10CM, "C18.9")])      # in range C15-C26 / parent C18
+    assert terminology.codes_match(cancer, [(ICD10CM, "C18.9")])  # in range C15-C26 / parent C18
     assert terminology.codes_match(cancer, [("http://hl7.org/fhir/sid/icd-10", "C50.911")])  # alias system
     assert not terminology.codes_match(cancer, [(ICD10CM, "E11.9")])
 
@@ -50,26 +57,59 @@ def _facts(builder, case, today=date(2026, 11, 26)):
     return builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts, today=today)
 
 
-@pytest.mark.parametrize("order, expected_mme", [
-    # CDC factors as coded in the reference CDS: oxycodone 1.5; fentanyl patch 2.4 per mcg/h; methadone
-    # 21-40 mg/day band factor 8; hydrocodone 1.
-    ({"text": "oxycodone hydrochloride 5 MG Oral Tablet", "code": "rxnorm|1049621",
-      "dose": {"value": 1, "unit": "tablet"}, "perDay": 4}, 30.0),
-    ({"text": "72 HR fentanyl 0.025 MG/HR Transdermal System", "code": "rxnorm|245134",
-      "dose": {"value": 1, "unit": "patch"}, "perDay": 0.3333}, 60.0),
-    ({"text": "methadone hydrochloride 10 MG Oral Tablet", "code": "rxnorm|864706",
-      "dose": {"value": 1, "unit": "tablet"}, "perDay": 3}, 240.0),
-    ({"text": "Acetaminophen 325 MG / Hydrocodone Bitartrate 7.5 MG Oral Tablet", "code": "rxnorm|857005",
-      "dose": {"value": 1, "unit": "tablet"}, "perDay": 4}, 30.0),
-])
+@pytest.mark.parametrize(
+    "order, expected_mme",
+    [
+        # CDC factors as coded in the reference CDS: oxycodone 1.5; fentanyl patch 2.4 per mcg/h; methadone
+        # 21-40 mg/day band factor 8; hydrocodone 1.
+        (
+            {
+                "text": "oxycodone hydrochloride 5 MG Oral Tablet",
+                "code": "rxnorm|1049621",
+                "dose": {"value": 1, "unit": "tablet"},
+                "perDay": 4,
+            },
+            30.0,
+        ),
+        (
+            {
+                "text": "72 HR fentanyl 0.025 MG/HR Transdermal System",
+                "code": "rxnorm|245134",
+                "dose": {"value": 1, "unit": "patch"},
+                "perDay": 0.3333,
+            },
+            60.0,
+        ),
+        (
+            {
+                "text": "methadone hydrochloride 10 MG Oral Tablet",
+                "code": "rxnorm|864706",
+                "dose": {"value": 1, "unit": "tablet"},
+                "perDay": 3,
+            },
+            240.0,
+        ),
+        (
+            {
+                "text": "Acetaminophen 325 MG / Hydrocodone Bitartrate 7.5 MG Oral Tablet",
+                "code": "rxnorm|857005",
+                "dose": {"value": 1, "unit": "tablet"},
+                "perDay": 4,
+            },
+            30.0,
+        ),
+    ],
+)
 def test_mme_per_day(builder, order, expected_mme):
     facts = _facts(builder, {"medications": [order]})
     assert facts.medications[0].mme_per_day == expected_mme
 
 
 def test_unknown_dose_gives_no_mme(builder):
-    facts = _facts(builder, {"medications": [{"text": "oxycodone hydrochloride 5 MG Oral Tablet",
-                                               "code": "rxnorm|1049621"}]})
+    facts = _facts(
+        builder,
+        {"medications": [{"text": "oxycodone hydrochloride 5 MG Oral Tablet", "code": "rxnorm|1049621"}]},
+    )
     assert facts.medications[0].mme_per_day is None
 
 
@@ -84,16 +124,30 @@ def test_ckd_epi_2021_matches_the_published_equation():
 
 
 def test_latest_egfr_prefers_the_newest_result_measured_or_computed(builder):
-    facts = _facts(builder, {"patient": {"age": 50, "gender": "female"}, "observations": [
-        {"code": "loinc|33914-3", "value": 40, "daysAgo": 30},
-        {"code": "loinc|2160-0", "value": 1.0, "unit": "mg/dL", "daysAgo": 2}]})
+    facts = _facts(
+        builder,
+        {
+            "patient": {"age": 50, "gender": "female"},
+            "observations": [
+                {"code": "loinc|33914-3", "value": 40, "daysAgo": 30},
+                {"code": "loinc|2160-0", "value": 1.0, "unit": "mg/dL", "daysAgo": 2},
+            ],
+        },
+    )
     egfr = latest_egfr(facts)
     assert egfr.source.startswith("computed") and egfr.value == pytest.approx(68.6, abs=0.1)
 
 
 def test_conditions_allergies_and_statuses(builder):
-    facts = _facts(builder, {"conditions": [{"text": "Hypertension", "code": "snomed|38341003"},
-                                            {"text": "Old fracture", "clinicalStatus": "resolved"}],
-                             "allergies": ["Penicillins", {"text": "Codeine", "clinicalStatus": "inactive"}]})
+    facts = _facts(
+        builder,
+        {
+            "conditions": [
+                {"text": "Hypertension", "code": "snomed|38341003"},
+                {"text": "Old fracture", "clinicalStatus": "resolved"},
+            ],
+            "allergies": ["Penicillins", {"text": "Codeine", "clinicalStatus": "inactive"}],
+        },
+    )
     assert [c.active for c in facts.conditions] == [True, False]
     assert facts.allergies[0].named_classes == {"penicillins"} and not facts.allergies[1].active

@@ -28,8 +28,9 @@ def _auditor() -> None:
     if not tokens.enabled:
         raise NotFound("the audit API is not enabled (set CDS_AUDIT_TOKENS)")
     if tokens.auditor(request.headers.get("Authorization")) is None:
-        raise Unauthorized("an auditor token is required: Authorization: Bearer <auditor token>",
-                           expression="Authorization")
+        raise Unauthorized(
+            "an auditor token is required: Authorization: Bearer <auditor token>", expression="Authorization"
+        )
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -42,10 +43,17 @@ def _int_arg(name: str, default: int) -> int:
 def _filter() -> DecisionFilter:
     args = request.args
     try:
-        return DecisionFilter(patient=args.get("patient"), user=args.get("user"), service=args.get("service"),
-                              rule=args.get("rule"), since=args.get("since"), until=args.get("until"),
-                              indicator=args.get("indicator"), limit=_int_arg("limit", 100),
-                              offset=_int_arg("offset", 0)).validate()
+        return DecisionFilter(
+            patient=args.get("patient"),
+            user=args.get("user"),
+            service=args.get("service"),
+            rule=args.get("rule"),
+            since=args.get("since"),
+            until=args.get("until"),
+            indicator=args.get("indicator"),
+            limit=_int_arg("limit", 100),
+            offset=_int_arg("offset", 0),
+        ).validate()
     except FilterError as exc:
         raise InvalidRequest(f"bad query parameter: {exc}", expression=exc.field) from exc
 

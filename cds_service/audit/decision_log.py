@@ -11,7 +11,6 @@ access tokens are never part of a record.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
@@ -19,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ..canonical import canonical_json, sha256_hex, utc_now
 from .record import DecisionRecord
-from .storage import chain_anchor, chain_head, cards, decisions, rule_outcomes, write_transaction
+from .storage import cards, chain_anchor, chain_head, decisions, rule_outcomes, write_transaction
 
 GENESIS = "0" * 64
 
@@ -49,19 +48,20 @@ class DecisionLog:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    @staticmethod
-    def new_record_id() -> str:
-        return str(uuid.uuid4())
-
     def append(self, record: DecisionRecord) -> Appended:
         """Append under the write lock: `seq` and `prevHash` are set on the record here, then the record
         and every index row derived from it are written in one transaction."""
         with write_transaction(self.engine) as conn:
-            head = conn.execute(select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1)).first()
+            head = conn.execute(
+                select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1)
+            ).first()
             if head is None:
-                last = conn.execute(select(decisions.c.seq, decisions.c.hash).order_by(decisions.c.seq.desc())
-                                    .limit(1)).first()
-                anchor = conn.execute(select(chain_anchor.c.hash).order_by(chain_anchor.c.id.desc()).limit(1)).first()
+                last = conn.execute(
+                    select(decisions.c.seq, decisions.c.hash).order_by(decisions.c.seq.desc()).limit(1)
+                ).first()
+                anchor = conn.execute(
+                    select(chain_anchor.c.hash).order_by(chain_anchor.c.id.desc()).limit(1)
+                ).first()
                 prev_hash = last.hash if last else (anchor.hash if anchor else GENESIS)
                 prev_seq = last.seq if last else 0
             else:
@@ -70,8 +70,11 @@ class DecisionLog:
             record.data.update(seq=seq, prevHash=prev_hash)
             body = canonical_json(record.data)
             digest = chain_hash(prev_hash, body)
-            conn.execute(insert(decisions).values(seq=seq, record=body, prev_hash=prev_hash, hash=digest,
-                                                  **record.columns()))
+            conn.execute(
+                insert(decisions).values(
+                    seq=seq, record=body, prev_hash=prev_hash, hash=digest, **record.columns()
+                )
+            )
             if head is None:
                 conn.execute(insert(chain_head).values(id=1, seq=seq, hash=digest))
             else:
@@ -86,17 +89,30 @@ class DecisionLog:
     def verify(self, batch: int = 1000) -> VerifyReport:
         """Walk the whole chain in order; name the first record that does not hold."""
         with self.engine.connect() as conn:
-            anchor = conn.execute(select(chain_anchor.c.after_seq, chain_anchor.c.hash)
-                                  .order_by(chain_anchor.c.id.desc()).limit(1)).first()
-            head = conn.execute(select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1)).first()
+            anchor = conn.execute(
+                select(chain_anchor.c.after_seq, chain_anchor.c.hash)
+                .order_by(chain_anchor.c.id.desc())
+                .limit(1)
+            ).first()
+            head = conn.execute(
+                select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1)
+            ).first()
             expected_prev = anchor.hash if anchor else GENESIS
             expected_seq = (anchor.after_seq if anchor else 0) + 1
             checked = 0
             last_seq, last_hash = (anchor.after_seq, anchor.hash) if anchor else (None, None)
             after = expected_seq - 1
             while True:
-                rows = conn.execute(select(decisions).where(decisions.c.seq > after).order_by(decisions.c.seq)
-                                    .limit(batch)).mappings().all()
+                rows = (
+                    conn.execute(
+                        select(decisions)
+                        .where(decisions.c.seq > after)
+                        .order_by(decisions.c.seq)
+                        .limit(batch)
+                    )
+                    .mappings()
+                    .all()
+                )
                 if not rows:
                     break
                 for row in rows:
@@ -108,9 +124,14 @@ class DecisionLog:
                     last_seq, last_hash = row["seq"], row["hash"]
                 after = rows[-1]["seq"]
             if head is not None and (head.seq != last_seq or head.hash != last_hash):
-                return VerifyReport(False, checked, (last_seq or 0) + 1, None,
-                                    f"chain head says seq {head.seq} but the last record is seq {last_seq}: "
-                                    "records after it were deleted, or the head was altered")
+                return VerifyReport(
+                    False,
+                    checked,
+                    (last_seq or 0) + 1,
+                    None,
+                    f"chain head says seq {head.seq} but the last record is seq {last_seq}: "
+                    "records after it were deleted, or the head was altered",
+                )
             if head is None and checked:
                 return VerifyReport(False, checked, last_seq, None, "chain head row is missing")
         return VerifyReport(True, checked, head_hash=last_hash)
@@ -127,7 +148,10 @@ class DecisionLog:
             return "record is not valid JSON"
         if record.get("seq") != row["seq"] or record.get("prevHash") != row["prev_hash"]:
             return "record's own seq/prevHash differ from the row"
-        if chain_hash(row["prev_hash"], canonical_json(record)) != row["hash"] or canonical_json(record) != row["record"]:
+        if (
+            chain_hash(row["prev_hash"], canonical_json(record)) != row["hash"]
+            or canonical_json(record) != row["record"]
+        ):
             return "hash does not match the record content (edited)"
         derived = DecisionRecord(record).columns()
         for key, value in derived.items():
@@ -148,15 +172,21 @@ class DecisionLog:
         """Delete records older than the cutoff (retention). The hash of the last deleted record becomes
         the anchor the remaining chain is verified from."""
         with write_transaction(self.engine) as conn:
-            last = conn.execute(select(decisions.c.seq, decisions.c.hash, decisions.c.id)
-                                .where(decisions.c.recorded_at < cutoff_iso)
-                                .order_by(decisions.c.seq.desc()).limit(1)).first()
+            last = conn.execute(
+                select(decisions.c.seq, decisions.c.hash, decisions.c.id)
+                .where(decisions.c.recorded_at < cutoff_iso)
+                .order_by(decisions.c.seq.desc())
+                .limit(1)
+            ).first()
             if last is None:
                 return 0
             ids = select(decisions.c.id).where(decisions.c.seq <= last.seq)
             conn.execute(delete(cards).where(cards.c.decision_id.in_(ids)))
             conn.execute(delete(rule_outcomes).where(rule_outcomes.c.decision_id.in_(ids)))
             n = conn.execute(delete(decisions).where(decisions.c.seq <= last.seq)).rowcount
-            conn.execute(insert(chain_anchor).values(after_seq=last.seq, hash=last.hash, purged_at=utc_now(),
-                                                     purged_count=n))
+            conn.execute(
+                insert(chain_anchor).values(
+                    after_seq=last.seq, hash=last.hash, purged_at=utc_now(), purged_count=n
+                )
+            )
         return n

@@ -30,7 +30,9 @@ def _timestamp(value) -> str:
 
 def dedupe_key(service_id: str, entry: dict) -> str:
     material = {
-        "service": service_id, "card": entry["card"], "outcome": entry["outcome"],
+        "service": service_id,
+        "card": entry["card"],
+        "outcome": entry["outcome"],
         "at": _timestamp(entry["outcomeTimestamp"]),
         "accepted": sorted(s["id"] for s in entry.get("acceptedSuggestions") or []),
         "override": entry.get("overrideReason") or {},
@@ -48,12 +50,18 @@ class FeedbackStore:
         received_at = utc_now()
         with self.engine.begin() as conn:
             uuids = [e["card"] for e in entries]
-            known = {row.card_uuid: row for row in conn.execute(
-                select(cards).where(cards.c.card_uuid.in_(uuids)))}
-            issues = [Issue(f"feedback[{i}].card: card {e['card']} was issued by service "
-                            f"'{known[e['card']].service_id}', not '{service_id}'", (f"feedback[{i}].card",))
-                      for i, e in enumerate(entries)
-                      if e["card"] in known and known[e["card"]].service_id != service_id]
+            known = {
+                row.card_uuid: row for row in conn.execute(select(cards).where(cards.c.card_uuid.in_(uuids)))
+            }
+            issues = [
+                Issue(
+                    f"feedback[{i}].card: card {e['card']} was issued by service "
+                    f"'{known[e['card']].service_id}', not '{service_id}'",
+                    (f"feedback[{i}].card",),
+                )
+                for i, e in enumerate(entries)
+                if e["card"] in known and known[e["card"]].service_id != service_id
+            ]
             if issues:
                 raise InvalidRequest(issues[0].diagnostics, issues=issues)
             insert = dialect_insert(conn)
@@ -61,16 +69,28 @@ class FeedbackStore:
             for entry in entries:
                 card = known.get(entry["card"])
                 reason = (entry.get("overrideReason") or {}).get("reason") or {}
-                stmt = insert(feedback).values(
-                    dedupe_key=dedupe_key(service_id, entry), service_id=service_id, card_uuid=entry["card"],
-                    outcome=entry["outcome"],
-                    accepted_suggestions=json.dumps([s["id"] for s in entry.get("acceptedSuggestions") or []]),
-                    override_system=reason.get("system"), override_code=reason.get("code"),
-                    override_display=reason.get("display"),
-                    user_comment=(entry.get("overrideReason") or {}).get("userComment"),
-                    outcome_timestamp=_timestamp(entry["outcomeTimestamp"]), received_at=received_at,
-                    decision_id=card.decision_id if card else None, rule_id=card.rule_id if card else None,
-                    rule_version=card.rule_version if card else None,
-                ).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(feedback.c.id)
+                stmt = (
+                    insert(feedback)
+                    .values(
+                        dedupe_key=dedupe_key(service_id, entry),
+                        service_id=service_id,
+                        card_uuid=entry["card"],
+                        outcome=entry["outcome"],
+                        accepted_suggestions=json.dumps(
+                            [s["id"] for s in entry.get("acceptedSuggestions") or []]
+                        ),
+                        override_system=reason.get("system"),
+                        override_code=reason.get("code"),
+                        override_display=reason.get("display"),
+                        user_comment=(entry.get("overrideReason") or {}).get("userComment"),
+                        outcome_timestamp=_timestamp(entry["outcomeTimestamp"]),
+                        received_at=received_at,
+                        decision_id=card.decision_id if card else None,
+                        rule_id=card.rule_id if card else None,
+                        rule_version=card.rule_version if card else None,
+                    )
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    .returning(feedback.c.id)
+                )
                 recorded += len(conn.execute(stmt).all())  # rowcount is not portable for upserts
         return FeedbackResult(len(entries), recorded)

@@ -31,7 +31,7 @@ SKIP_REVIEW_RATE = 0.50
 class RuleStats:
     rule_id: str
     version: str
-    status: str                  # status at evaluation time
+    status: str  # status at evaluation time
     title: str = ""
     evaluated: int = 0
     fired: int = 0
@@ -67,25 +67,46 @@ class ReviewItem:
 def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[RuleStats]:
     ro = rule_outcomes
     where = [ro.c.recorded_at >= since] if since else []
-    stmt = (select(ro.c.rule_id, ro.c.rule_version, ro.c.rule_status,
-                   func.count().label("evaluated"),
-                   func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "active"), 1), else_=0)),
-                   func.sum(ro.c.cards_shown),
-                   func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "shadow"), 1), else_=0)),
-                   func.sum(case((ro.c.outcome == "skipped", 1), else_=0)),
-                   func.sum(case((ro.c.outcome == "error", 1), else_=0)))
-            .where(*where).group_by(ro.c.rule_id, ro.c.rule_version, ro.c.rule_status))
+    stmt = (
+        select(
+            ro.c.rule_id,
+            ro.c.rule_version,
+            ro.c.rule_status,
+            func.count().label("evaluated"),
+            func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "active"), 1), else_=0)),
+            func.sum(ro.c.cards_shown),
+            func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "shadow"), 1), else_=0)),
+            func.sum(case((ro.c.outcome == "skipped", 1), else_=0)),
+            func.sum(case((ro.c.outcome == "error", 1), else_=0)),
+        )
+        .where(*where)
+        .group_by(ro.c.rule_id, ro.c.rule_version, ro.c.rule_status)
+    )
     # One row per rule version and status: a shadow trial and the live period are read apart.
     stats: dict[tuple[str, str, str], RuleStats] = {}
     fb_where = [feedback.c.received_at >= since] if since else []
     with engine.connect() as conn:
         for rule_id, version, status, evaluated, fired, shown, shadow, skipped, errors in conn.execute(stmt):
-            stats[(rule_id, version, status)] = RuleStats(rule_id, version, status, evaluated=evaluated, fired=fired or 0,
-                                                  shown=shown or 0, shadow_fired=shadow or 0, skipped=skipped or 0,
-                                                  errors=errors or 0)
-        rows = conn.execute(select(feedback.c.rule_id, feedback.c.rule_version, feedback.c.outcome,
-                                   feedback.c.override_code, feedback.c.override_display)
-                            .where(feedback.c.rule_id.is_not(None), *fb_where))
+            stats[(rule_id, version, status)] = RuleStats(
+                rule_id,
+                version,
+                status,
+                evaluated=evaluated,
+                fired=fired or 0,
+                shown=shown or 0,
+                shadow_fired=shadow or 0,
+                skipped=skipped or 0,
+                errors=errors or 0,
+            )
+        rows = conn.execute(
+            select(
+                feedback.c.rule_id,
+                feedback.c.rule_version,
+                feedback.c.outcome,
+                feedback.c.override_code,
+                feedback.c.override_display,
+            ).where(feedback.c.rule_id.is_not(None), *fb_where)
+        )
         for rule_id, version, outcome, code, display in rows:
             item = stats.setdefault((rule_id, version, "active"), RuleStats(rule_id, version, "active"))
             if outcome == "accepted":
@@ -109,22 +130,40 @@ def review(stats: list[RuleStats]) -> list[ReviewItem]:
     for s in stats:
         if s.with_feedback >= OVERRIDE_REVIEW_MIN_CARDS and (s.override_rate or 0) > OVERRIDE_REVIEW_RATE:
             top = ", ".join(f"{r} ({n})" for r, n in s.override_reasons.most_common(2)) or "no reason given"
-            out.append(ReviewItem(s.rule_id, s.version,
-                                  f"overridden {s.overridden} of {s.with_feedback} cards ({s.override_rate:.0%}); "
-                                  f"top reasons: {top}",
-                                  "tune the condition or text, shadow it, or retire it"))
-        if s.status == "shadow" and s.evaluated >= SHADOW_REVIEW_MIN_CALLS \
-                and (s.shadow_fired / s.evaluated) > SHADOW_FIRE_REVIEW_RATE:
-            out.append(ReviewItem(s.rule_id, s.version,
-                                  f"in shadow it would fire on {s.shadow_fired} of {s.evaluated} calls "
-                                  f"({s.shadow_fired / s.evaluated:.0%})",
-                                  "too noisy to activate as is: narrow it before go-live"))
+            out.append(
+                ReviewItem(
+                    s.rule_id,
+                    s.version,
+                    f"overridden {s.overridden} of {s.with_feedback} cards ({s.override_rate:.0%}); "
+                    f"top reasons: {top}",
+                    "tune the condition or text, shadow it, or retire it",
+                )
+            )
+        if (
+            s.status == "shadow"
+            and s.evaluated >= SHADOW_REVIEW_MIN_CALLS
+            and (s.shadow_fired / s.evaluated) > SHADOW_FIRE_REVIEW_RATE
+        ):
+            out.append(
+                ReviewItem(
+                    s.rule_id,
+                    s.version,
+                    f"in shadow it would fire on {s.shadow_fired} of {s.evaluated} calls "
+                    f"({s.shadow_fired / s.evaluated:.0%})",
+                    "too noisy to activate as is: narrow it before go-live",
+                )
+            )
         if s.errors:
             out.append(ReviewItem(s.rule_id, s.version, f"{s.errors} evaluation errors", "fix the rule file"))
         if s.evaluated and s.skipped / s.evaluated > SKIP_REVIEW_RATE:
-            out.append(ReviewItem(s.rule_id, s.version,
-                                  f"not evaluated on {s.skipped} of {s.evaluated} calls: data unavailable",
-                                  "check the service's prefetch and the EHR's data feed"))
+            out.append(
+                ReviewItem(
+                    s.rule_id,
+                    s.version,
+                    f"not evaluated on {s.skipped} of {s.evaluated} calls: data unavailable",
+                    "check the service's prefetch and the EHR's data feed",
+                )
+            )
     return out
 
 
@@ -132,21 +171,45 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
-COLUMNS = ("Rule", "Version", "Status", "Evaluated", "Fired", "Cards shown", "Shadow fired", "Accepted",
-           "Overridden", "Acceptance", "Top override reasons")
+COLUMNS = (
+    "Rule",
+    "Version",
+    "Status",
+    "Evaluated",
+    "Fired",
+    "Cards shown",
+    "Shadow fired",
+    "Accepted",
+    "Overridden",
+    "Acceptance",
+    "Top override reasons",
+)
 
 
 def _row(s: RuleStats) -> tuple:
     reasons = "; ".join(f"{r} ({n})" for r, n in s.override_reasons.most_common(3))
-    return (s.rule_id, s.version, s.status, s.evaluated, s.fired, s.shown, s.shadow_fired, s.accepted, s.overridden,
-            _pct(s.acceptance_rate), reasons)
+    return (
+        s.rule_id,
+        s.version,
+        s.status,
+        s.evaluated,
+        s.fired,
+        s.shown,
+        s.shadow_fired,
+        s.accepted,
+        s.overridden,
+        _pct(s.acceptance_rate),
+        reasons,
+    )
 
 
 def _thresholds_text() -> str:
-    return (f"Review when: overridden on more than {OVERRIDE_REVIEW_RATE:.0%} of at least "
-            f"{OVERRIDE_REVIEW_MIN_CARDS} cards with feedback; a shadow rule would fire on more than "
-            f"{SHADOW_FIRE_REVIEW_RATE:.0%} of at least {SHADOW_REVIEW_MIN_CALLS} calls; any evaluation error; "
-            f"not evaluated (missing data) on more than {SKIP_REVIEW_RATE:.0%} of calls.")
+    return (
+        f"Review when: overridden on more than {OVERRIDE_REVIEW_RATE:.0%} of at least "
+        f"{OVERRIDE_REVIEW_MIN_CARDS} cards with feedback; a shadow rule would fire on more than "
+        f"{SHADOW_FIRE_REVIEW_RATE:.0%} of at least {SHADOW_REVIEW_MIN_CALLS} calls; any evaluation error; "
+        f"not evaluated (missing data) on more than {SKIP_REVIEW_RATE:.0%} of calls."
+    )
 
 
 def render_markdown(stats: list[RuleStats], items: list[ReviewItem], title: str) -> str:
@@ -169,10 +232,26 @@ def chart_png(stats: list[RuleStats]) -> bytes:
     labels = [f"{s.rule_id}\n{s.version}" for s in shown]
     x = range(len(shown))
     width = 0.2
-    ax.bar([i - 1.5 * width for i in x], [s.shown for s in shown], width, label="cards shown", color="#4c72b0")
-    ax.bar([i - 0.5 * width for i in x], [s.accepted for s in shown], width, label="accepted", color="#55a868")
-    ax.bar([i + 0.5 * width for i in x], [s.overridden for s in shown], width, label="overridden", color="#c44e52")
-    ax.bar([i + 1.5 * width for i in x], [s.shadow_fired for s in shown], width, label="shadow fired", color="#8c8c8c")
+    ax.bar(
+        [i - 1.5 * width for i in x], [s.shown for s in shown], width, label="cards shown", color="#4c72b0"
+    )
+    ax.bar(
+        [i - 0.5 * width for i in x], [s.accepted for s in shown], width, label="accepted", color="#55a868"
+    )
+    ax.bar(
+        [i + 0.5 * width for i in x],
+        [s.overridden for s in shown],
+        width,
+        label="overridden",
+        color="#c44e52",
+    )
+    ax.bar(
+        [i + 1.5 * width for i in x],
+        [s.shadow_fired for s in shown],
+        width,
+        label="shadow fired",
+        color="#8c8c8c",
+    )
     ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("count")
     ax.set_title("Cards and clinician feedback per rule version")
@@ -187,12 +266,25 @@ def chart_png(stats: list[RuleStats]) -> bytes:
 def render_html(stats: list[RuleStats], items: list[ReviewItem], title: str) -> str:
     png = base64.b64encode(chart_png(stats)).decode()
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in _row(s)) + "</tr>" for s in stats)
-    review_items = "".join(f"<li><b>{html.escape(i.rule_id)}@{html.escape(i.version)}</b>: {html.escape(i.reason)} "
-                           f"&rarr; {html.escape(i.action)}</li>" for i in items) or "<li>none</li>"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><img alt='cards and feedback per rule' src='data:image/png;base64,{png}'>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<h2>Rules to review</h2><p>{html.escape(_thresholds_text())}</p><ul>{review_items}</ul></body></html>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in _row(s)) + "</tr>" for s in stats
+    )
+    review_items = (
+        "".join(
+            f"<li><b>{html.escape(i.rule_id)}@{html.escape(i.version)}</b>: {html.escape(i.reason)} "
+            f"&rarr; {html.escape(i.action)}</li>"
+            for i in items
+        )
+        or "<li>none</li>"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
+        "</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<img alt='cards and feedback per rule' src='data:image/png;base64,{png}'>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<h2>Rules to review</h2><p>{html.escape(_thresholds_text())}</p><ul>{review_items}</ul>"
+        "</body></html>"
+    )

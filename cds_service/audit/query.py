@@ -25,13 +25,13 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class DecisionFilter:
-    patient: str | None = None      # "123" or "Patient/123"
-    user: str | None = None         # "Practitioner/abc"
+    patient: str | None = None  # "123" or "Patient/123"
+    user: str | None = None  # "Practitioner/abc"
     service: str | None = None
-    rule: str | None = None         # decisions in which this rule fired
-    since: str | None = None        # ISO date or datetime, inclusive
-    until: str | None = None        # exclusive
-    indicator: str | None = None    # highest indicator among the cards shown
+    rule: str | None = None  # decisions in which this rule fired
+    since: str | None = None  # ISO date or datetime, inclusive
+    until: str | None = None  # exclusive
+    indicator: str | None = None  # highest indicator among the cards shown
     limit: int = 100
     offset: int = 0
 
@@ -55,7 +55,9 @@ class DecisionFilter:
 def _statement(f: DecisionFilter):
     stmt = select(decisions).order_by(decisions.c.seq)
     if f.patient:
-        stmt = stmt.where(decisions.c.patient_ref == (f.patient if "/" in f.patient else f"Patient/{f.patient}"))
+        stmt = stmt.where(
+            decisions.c.patient_ref == (f.patient if "/" in f.patient else f"Patient/{f.patient}")
+        )
     if f.user:
         stmt = stmt.where(decisions.c.user_ref == f.user)
     if f.service:
@@ -67,8 +69,9 @@ def _statement(f: DecisionFilter):
     if f.indicator:
         stmt = stmt.where(decisions.c.max_indicator == f.indicator)
     if f.rule:
-        fired = select(rule_outcomes.c.decision_id).where(rule_outcomes.c.rule_id == f.rule,
-                                                          rule_outcomes.c.outcome == "fired")
+        fired = select(rule_outcomes.c.decision_id).where(
+            rule_outcomes.c.rule_id == f.rule, rule_outcomes.c.outcome == "fired"
+        )
         stmt = stmt.where(decisions.c.id.in_(fired))
     return stmt.limit(f.limit).offset(f.offset)
 
@@ -82,10 +85,16 @@ def query(engine: Engine, f: DecisionFilter) -> list[dict]:
 
 def summary_row(record: dict) -> dict:
     cards = record.get("response", {}).get("cards") or []
-    return {"id": record["id"], "seq": record["seq"], "recordedAt": record["recordedAt"],
-            "service": record["service"]["id"], "hook": record["hook"], "status": record["response"]["status"],
-            "patient": record.get("patient"), "user": record.get("user"), "cards": len(cards),
-            "indicators": sorted({c["indicator"] for c in cards}),
-            "rulesFired": sorted(r["id"] for r in record.get("rules", []) if r["outcome"] == "fired")}
-
-
+    return {
+        "id": record["id"],
+        "seq": record["seq"],
+        "recordedAt": record["recordedAt"],
+        "service": record["service"]["id"],
+        "hook": record["hook"],
+        "status": record["response"]["status"],
+        "patient": record.get("patient"),
+        "user": record.get("user"),
+        "cards": len(cards),
+        "indicators": sorted({c["indicator"] for c in cards}),
+        "rulesFired": sorted(r["id"] for r in record.get("rules", []) if r["outcome"] == "fired"),
+    }

@@ -33,13 +33,19 @@ class DecisionRecord:
         body = call.body if isinstance(call.body, dict) else {}
         request, service = call.request, call.service
         data: dict[str, Any] = {
-            "id": call.decision_id, "recordedAt": call.recorded_at,
-            "service": ({"id": service.id, "hook": service.hook, "definition": service.path} if service
-                        else {"id": call.service_id}),
+            "id": call.decision_id,
+            "recordedAt": call.recorded_at,
+            "service": (
+                {"id": service.id, "hook": service.hook, "definition": service.path}
+                if service
+                else {"id": call.service_id}
+            ),
             "hook": request.hook if request else str(body.get("hook") or ""),
             "hookInstance": request.hook_instance if request else str(body.get("hookInstance") or ""),
-            "client": call.client.as_record(), "data": _data_used(call),
-            "rules": _rules(call) if call.error is None else [], "llm": call.llm,
+            "client": call.client.as_record(),
+            "data": _data_used(call),
+            "rules": _rules(call) if call.error is None else [],
+            "llm": call.llm,
         }
         if request is not None:
             data["patient"] = f"Patient/{request.patient_id}"
@@ -51,8 +57,10 @@ class DecisionRecord:
             if request.fhir_authorization:
                 data["fhirAuthorization"] = request.granted_access()
         if call.rejected:
-            data["rejectedCards"] = [{"rule": f"{x.finding.rule.id}@{x.finding.rule.version}", "problem": x.problem}
-                                     for x in call.rejected]
+            data["rejectedCards"] = [
+                {"rule": f"{x.finding.rule.id}@{x.finding.rule.version}", "problem": x.problem}
+                for x in call.rejected
+            ]
         if call.error is not None:
             data["error"] = call.error.to_operation_outcome()
         data["response"] = {"status": call.status, **({"cards": call.cards} if call.error is None else {})}
@@ -64,9 +72,14 @@ class DecisionRecord:
         """The `decisions` table's indexed columns."""
         d = self.data
         return {
-            "id": d["id"], "recorded_at": d["recordedAt"], "service_id": d["service"]["id"],
-            "hook": d["hook"], "hook_instance": d["hookInstance"], "status": d["response"]["status"],
-            "patient_ref": d.get("patient"), "user_ref": d.get("user"),
+            "id": d["id"],
+            "recorded_at": d["recordedAt"],
+            "service_id": d["service"]["id"],
+            "hook": d["hook"],
+            "hook_instance": d["hookInstance"],
+            "status": d["response"]["status"],
+            "patient_ref": d.get("patient"),
+            "user_ref": d.get("user"),
             "client_id": (d.get("client") or {}).get("id"),
             "max_indicator": highest(c.get("indicator") for c in d["response"].get("cards") or []),
         }
@@ -76,21 +89,47 @@ class DecisionRecord:
         d = self.data
         indicator = {c["uuid"]: c["indicator"] for c in d["response"].get("cards") or []}
         base = {"decision_id": d["id"], "service_id": d["service"]["id"], "issued_at": d["recordedAt"]}
-        rows = [{**base, "card_uuid": uuid, "rule_id": r["id"], "rule_version": r["version"],
-                 "indicator": indicator[uuid]}
-                for r in d.get("rules") or [] for uuid in r.get("cards") or [] if uuid in indicator]
+        rows = [
+            {
+                **base,
+                "card_uuid": uuid,
+                "rule_id": r["id"],
+                "rule_version": r["version"],
+                "indicator": indicator[uuid],
+            }
+            for r in d.get("rules") or []
+            for uuid in r.get("cards") or []
+            if uuid in indicator
+        ]
         llm = d.get("llm") or {}
-        rows += [{**base, "card_uuid": item["addedCard"], "rule_id": LLM_SUMMARY_RULE,
-                  "rule_version": llm["modelId"], "indicator": indicator[item["addedCard"]]}
-                 for item in llm.get("items") or [] if item.get("addedCard") in indicator]
+        rows += [
+            {
+                **base,
+                "card_uuid": item["addedCard"],
+                "rule_id": LLM_SUMMARY_RULE,
+                "rule_version": llm["modelId"],
+                "indicator": indicator[item["addedCard"]],
+            }
+            for item in llm.get("items") or []
+            if item.get("addedCard") in indicator
+        ]
         return rows
 
     def outcome_rows(self) -> list[dict]:
         """One row per rule evaluated (shadow included): what the PDCA report counts."""
         d = self.data
-        return [{"decision_id": d["id"], "recorded_at": d["recordedAt"], "rule_id": r["id"],
-                 "rule_version": r["version"], "rule_status": r["status"], "outcome": r["outcome"],
-                 "cards_shown": len(r.get("cards") or [])} for r in d.get("rules") or []]
+        return [
+            {
+                "decision_id": d["id"],
+                "recorded_at": d["recordedAt"],
+                "rule_id": r["id"],
+                "rule_version": r["version"],
+                "rule_status": r["status"],
+                "outcome": r["outcome"],
+                "cards_shown": len(r.get("cards") or []),
+            }
+            for r in d.get("rules") or []
+        ]
 
 
 def _rules(call: "HookCall") -> list[dict]:
@@ -101,8 +140,13 @@ def _rules(call: "HookCall") -> list[dict]:
             shown.setdefault(issued.finding.rule.key, []).append(issued.card["uuid"])
     out = []
     for r in call.results:
-        entry: dict[str, Any] = {"id": r.rule.id, "version": r.rule.version, "status": r.rule.status,
-                                 "outcome": r.outcome, "findings": len(r.findings)}
+        entry: dict[str, Any] = {
+            "id": r.rule.id,
+            "version": r.rule.version,
+            "status": r.rule.status,
+            "outcome": r.outcome,
+            "findings": len(r.findings),
+        }
         if r.reason:
             entry["reason"] = r.reason
         if r.findings:
@@ -119,8 +163,10 @@ def _data_used(call: "HookCall") -> list[dict]:
 
     def ref_of(resource: dict) -> dict:
         meta = resource.get("meta") or {}
-        item = {"reference": f"{resource.get('resourceType')}/{resource.get('id', '?')}",
-                "hash": hashes.get(id(resource))}
+        item = {
+            "reference": f"{resource.get('resourceType')}/{resource.get('id', '?')}",
+            "hash": hashes.get(id(resource)),
+        }
         if meta.get("versionId"):
             item["versionId"] = meta["versionId"]
         if meta.get("lastUpdated"):
@@ -130,7 +176,11 @@ def _data_used(call: "HookCall") -> list[dict]:
     out = []
     if call.prefetch is not None:
         for key, item in call.prefetch.items.items():
-            entry = {"key": key, "origin": item.origin.value, "resources": [ref_of(r) for r in item.resources]}
+            entry = {
+                "key": key,
+                "origin": item.origin.value,
+                "resources": [ref_of(r) for r in item.resources],
+            }
             if item.pages:
                 entry["pages"] = item.pages
             if item.note:
@@ -139,6 +189,7 @@ def _data_used(call: "HookCall") -> list[dict]:
                 entry["problem"] = item.problem
             out.append(entry)
     if call.drafts:
-        out.append({"key": "context.draftOrders", "origin": "context",
-                    "resources": [ref_of(r) for r in call.drafts]})
+        out.append(
+            {"key": "context.draftOrders", "origin": "context", "resources": [ref_of(r) for r in call.drafts]}
+        )
     return out

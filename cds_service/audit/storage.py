@@ -11,26 +11,38 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Table, Text, create_engine, event,
-                        text)
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine
 
 metadata = MetaData()
 
 decisions = Table(
-    "decisions", metadata,
+    "decisions",
+    metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("id", String(36), nullable=False, unique=True),
-    Column("recorded_at", String(32), nullable=False),       # ISO 8601 UTC, sortable
+    Column("recorded_at", String(32), nullable=False),  # ISO 8601 UTC, sortable
     Column("service_id", String(128), nullable=False),
     Column("hook", String(64), nullable=False),
     Column("hook_instance", String(64), nullable=False),
-    Column("status", Integer, nullable=False),                # HTTP status answered
+    Column("status", Integer, nullable=False),  # HTTP status answered
     Column("patient_ref", String(128)),
     Column("user_ref", String(160)),
     Column("client_id", String(256)),
     Column("max_indicator", String(16)),
-    Column("record", Text, nullable=False),                   # canonical JSON of the decision
+    Column("record", Text, nullable=False),  # canonical JSON of the decision
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
 )
@@ -40,7 +52,8 @@ Index("ix_decisions_service", decisions.c.service_id)
 
 # Where the retained chain starts after a purge: the hash of the last purged record.
 chain_anchor = Table(
-    "chain_anchor", metadata,
+    "chain_anchor",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("after_seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("hash", String(64), nullable=False),
@@ -50,14 +63,16 @@ chain_anchor = Table(
 
 # The newest record's seq and hash, updated with every append: truncating the tail is detectable.
 chain_head = Table(
-    "chain_head", metadata,
+    "chain_head",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("hash", String(64), nullable=False),
 )
 
 cards = Table(
-    "cards", metadata,
+    "cards",
+    metadata,
     Column("card_uuid", String(36), primary_key=True),
     Column("decision_id", String(36), nullable=False, index=True),
     Column("service_id", String(128), nullable=False),
@@ -68,25 +83,27 @@ cards = Table(
 )
 
 rule_outcomes = Table(
-    "rule_outcomes", metadata,
+    "rule_outcomes",
+    metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("decision_id", String(36), nullable=False, index=True),
     Column("recorded_at", String(32), nullable=False, index=True),
     Column("rule_id", String(96), nullable=False, index=True),
     Column("rule_version", String(32), nullable=False),
     Column("rule_status", String(16), nullable=False),
-    Column("outcome", String(16), nullable=False),            # fired | not-fired | skipped | error
+    Column("outcome", String(16), nullable=False),  # fired | not-fired | skipped | error
     Column("cards_shown", Integer, nullable=False),
 )
 
 feedback = Table(
-    "feedback", metadata,
+    "feedback",
+    metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("dedupe_key", String(64), nullable=False, unique=True),
     Column("service_id", String(128), nullable=False),
     Column("card_uuid", String(36), nullable=False, index=True),
     Column("outcome", String(16), nullable=False),
-    Column("accepted_suggestions", Text),                     # JSON list of uuids
+    Column("accepted_suggestions", Text),  # JSON list of uuids
     Column("override_system", String(256)),
     Column("override_code", String(128)),
     Column("override_display", String(512)),
@@ -100,14 +117,15 @@ feedback = Table(
 
 # LLM text by prompt: shared by every worker, so text finished after one call's deadline shows on the next.
 llm_outputs = Table(
-    "llm_outputs", metadata,
-    Column("key", String(64), primary_key=True),            # sha256(model id, task, prompt)
+    "llm_outputs",
+    metadata,
+    Column("key", String(64), primary_key=True),  # sha256(model id, task, prompt)
     Column("model_id", String(160), nullable=False),
     Column("task", String(32), nullable=False),
     Column("created_at", String(32), nullable=False, index=True),
     Column("output", Text),
     Column("accepted", Integer, nullable=False),
-    Column("reasons", Text),                                # JSON list
+    Column("reasons", Text),  # JSON list
     Column("generation_ms", Integer),
 )
 
@@ -116,9 +134,9 @@ APPEND_LOCK_KEY = 0x434453  # PostgreSQL advisory lock id for chain appends ("CD
 
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -128,7 +146,7 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (BEGIN IMMEDIATE for appends)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")   # an acknowledged decision survives a crash
+            cur.execute("PRAGMA synchronous=FULL")  # an acknowledged decision survives a crash
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

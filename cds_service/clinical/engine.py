@@ -9,8 +9,9 @@ card; `retired` rules are never evaluated; `draft` rules run only in rule tests.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ..indicators import RANK
 from .facts import Facts, Medication
@@ -26,15 +27,15 @@ class Finding:
     rule: Rule
     indicator: str
     bindings: Mapping[str, Any]
-    refs: tuple[str, ...]            # the resources that made the rule fire (draft, bound matches)
-    summary: str | None = None       # escalation may replace the summary template
+    refs: tuple[str, ...]  # the resources that made the rule fire (draft, bound matches)
+    summary: str | None = None  # escalation may replace the summary template
     suggestion_indices: tuple[int, ...] = ()  # card suggestions whose `when` holds (all when none has one)
 
 
 @dataclass(frozen=True)
 class RuleResult:
     rule: Rule
-    outcome: str                     # fired | not-fired | skipped | error
+    outcome: str  # fired | not-fired | skipped | error
     findings: tuple[Finding, ...] = ()
     reason: str | None = None
 
@@ -68,7 +69,7 @@ class Evaluation:
             hit = False
             for ref in listify(refs):
                 if ref.startswith("ingredient:"):
-                    hit = ref[len("ingredient:"):] in med.ingredients
+                    hit = ref[len("ingredient:") :] in med.ingredients
                     if hit:
                         break
                     continue
@@ -96,8 +97,12 @@ class Evaluation:
         if "same_class_as" in spec:
             other = b.get(spec["same_class_as"]["binding"])
             classes = set(listify(spec["same_class_as"]["classes"]))
-            if other is None or other is med or same_ingredient(med, other) \
-                    or not (med.classes & other.classes & classes):
+            if (
+                other is None
+                or other is med
+                or same_ingredient(med, other)
+                or not (med.classes & other.classes & classes)
+            ):
                 return False
         if "category" in spec and not (med.categories & set(spec["category"])):
             return False
@@ -153,7 +158,7 @@ class Evaluation:
     # -- predicates -------------------------------------------------------------------------------
     def solutions(self, node: Mapping, b: Bindings) -> Iterator[Bindings]:
         """Every way the condition holds, as bindings (backtracking over `as:` alternatives)."""
-        (name, args), = node.items()
+        ((name, args),) = node.items()
         if name == "all":
             yield from self._all(args, 0, b)
         elif name == "any":
@@ -197,8 +202,9 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
         return RuleResult(rule, "skipped", reason=f"data unavailable: {', '.join(sorted(missing))}")
     ev = Evaluation(facts, terminology)
     try:
-        starts: list[Bindings] = [{"draft": d} for d in facts.draft_orders] if rule.foreach == "draft_medication" \
-            else [{}]
+        starts: list[Bindings] = (
+            [{"draft": d} for d in facts.draft_orders] if rule.foreach == "draft_medication" else [{}]
+        )
         findings: list[Finding] = []
         seen: set[tuple[str, ...]] = set()
         limit = min(rule.max_cards or MAX_FINDINGS_PER_RULE, MAX_FINDINGS_PER_RULE)
@@ -212,11 +218,13 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
                 seen.add(refs)
                 indicator, summary = rule.indicator, None
                 for esc in rule.escalate:
-                    if ev.test(esc["when"], bound) is not None \
-                            and RANK[esc["indicator"]] > RANK[indicator]:
+                    if ev.test(esc["when"], bound) is not None and RANK[esc["indicator"]] > RANK[indicator]:
                         indicator, summary = esc["indicator"], esc.get("summary")
-                chosen = tuple(i for i, s in enumerate(rule.card.get("suggestions") or [])
-                               if "when" not in s or ev.test(s["when"], bound) is not None)
+                chosen = tuple(
+                    i
+                    for i, s in enumerate(rule.card.get("suggestions") or [])
+                    if "when" not in s or ev.test(s["when"], bound) is not None
+                )
                 findings.append(Finding(rule, indicator, bound, refs, summary, chosen))
                 if len(findings) >= limit:
                     break
@@ -225,8 +233,15 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
     return RuleResult(rule, "fired" if findings else "not-fired", tuple(findings))
 
 
-def evaluate(rules: list[Rule], facts: Facts, terminology: Terminology,
-             statuses: tuple[str, ...] = ("active", "shadow")) -> list[RuleResult]:
+def evaluate(
+    rules: list[Rule],
+    facts: Facts,
+    terminology: Terminology,
+    statuses: tuple[str, ...] = ("active", "shadow"),
+) -> list[RuleResult]:
     """Evaluate every rule whose status is in `statuses` (retired rules never run)."""
-    return [evaluate_rule(rule, facts, terminology) for rule in rules
-            if rule.status in statuses and rule.status != "retired"]
+    return [
+        evaluate_rule(rule, facts, terminology)
+        for rule in rules
+        if rule.status in statuses and rule.status != "retired"
+    ]

@@ -9,10 +9,10 @@ encounters, procedures, care plans, service requests. Everything here is a pure 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Iterable
 
 from .terminology import Terminology, normalise_system
 
@@ -28,6 +28,7 @@ Codings = tuple[tuple[str, str], ...]
 # Small parsers
 # ----------------------------------------------------------------------------------------------
 
+
 def parse_datetime(value) -> datetime | None:
     """FHIR date / dateTime / instant -> aware datetime (UTC when no offset; partial dates -> first day)."""
     if not isinstance(value, str) or not value:
@@ -35,13 +36,13 @@ def parse_datetime(value) -> datetime | None:
     text = value.strip()
     try:
         if len(text) == 4:
-            return datetime(int(text), 1, 1, tzinfo=timezone.utc)
+            return datetime(int(text), 1, 1, tzinfo=UTC)
         if len(text) == 7:
-            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
         if len(text) == 10:
-            return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -49,14 +50,19 @@ def parse_datetime(value) -> datetime | None:
 def codings_of(concept) -> Codings:
     if not isinstance(concept, dict):
         return ()
-    return tuple((normalise_system(c.get("system")), str(c.get("code")))
-                 for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code"))
+    return tuple(
+        (normalise_system(c.get("system")), str(c.get("code")))
+        for c in concept.get("coding") or []
+        if isinstance(c, dict) and c.get("code")
+    )
 
 
 def texts_of(concept) -> list[str]:
     if not isinstance(concept, dict):
         return []
-    out = [concept.get("text")] + [c.get("display") for c in concept.get("coding") or [] if isinstance(c, dict)]
+    out = [concept.get("text")] + [
+        c.get("display") for c in concept.get("coding") or [] if isinstance(c, dict)
+    ]
     return [t for t in out if isinstance(t, str) and t]
 
 
@@ -69,8 +75,23 @@ def _duration_days(quantity) -> float | None:
     if not isinstance(quantity, dict) or quantity.get("value") is None:
         return None
     unit = (quantity.get("code") or quantity.get("unit") or "d").lower()
-    factor = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30,
-              "a": 365, "year": 365, "years": 365, "h": 1 / 24, "hour": 1 / 24, "hours": 1 / 24}.get(unit)
+    factor = {
+        "d": 1,
+        "day": 1,
+        "days": 1,
+        "wk": 7,
+        "week": 7,
+        "weeks": 7,
+        "mo": 30,
+        "month": 30,
+        "months": 30,
+        "a": 365,
+        "year": 365,
+        "years": 365,
+        "h": 1 / 24,
+        "hour": 1 / 24,
+        "hours": 1 / 24,
+    }.get(unit)
     return float(quantity["value"]) * factor if factor is not None else None
 
 
@@ -78,7 +99,7 @@ _PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "
 
 
 def doses_per_day(dosage: dict) -> float | None:
-    repeat = ((dosage.get("timing") or {}).get("repeat") or {})
+    repeat = (dosage.get("timing") or {}).get("repeat") or {}
     frequency = repeat.get("frequencyMax") or repeat.get("frequency")
     period, unit = repeat.get("period"), repeat.get("periodUnit")
     if frequency and period and unit in _PERIOD_DAYS:
@@ -103,6 +124,7 @@ def dose_of(dosage: dict) -> tuple[float | None, str | None]:
 # Fact types
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Medication:
     """A medication order or statement (active, draft or past), normalised."""
@@ -118,13 +140,13 @@ class Medication:
     categories: frozenset[str]
     authored: datetime | None
     is_draft: bool
-    supply_days: float | None = None        # dispenseRequest.expectedSupplyDuration
-    validity_days: float | None = None      # dispenseRequest.validityPeriod length
+    supply_days: float | None = None  # dispenseRequest.expectedSupplyDuration
+    validity_days: float | None = None  # dispenseRequest.validityPeriod length
     doses_per_day: float | None = None
     dose_value: float | None = None
     dose_unit: str | None = None
     requester: str | None = None
-    mme_per_day: float | None = None        # filled for opioids (see mme.py)
+    mme_per_day: float | None = None  # filled for opioids (see mme.py)
 
     @property
     def ref(self) -> str:
@@ -173,7 +195,7 @@ class Condition:
     onset: datetime | None
     recorded: datetime | None
     abated: datetime | None
-    encounter: str | None = None              # Condition.encounter reference (encounter diagnoses)
+    encounter: str | None = None  # Condition.encounter reference (encounter diagnoses)
     verification: frozenset[str] = frozenset()  # verificationStatus codes (refuted, entered-in-error ...)
 
     @property
@@ -191,7 +213,7 @@ class Allergy:
     name: str
     codes: Codings
     ingredients: frozenset[str]
-    classes: frozenset[str]       # drug classes named by the allergy ("Penicillins") or its ingredients'
+    classes: frozenset[str]  # drug classes named by the allergy ("Penicillins") or its ingredients'
     named_classes: frozenset[str]  # only the classes named by the allergy text itself
     active: bool
     criticality: str | None
@@ -214,9 +236,9 @@ class Event:
     when: datetime | None
     end: datetime | None
     categories: Codings
-    people: frozenset[str]   # practitioner references (performer, author, requester, participant)
-    extra_codes: Codings     # Encounter: discharge disposition, class; CarePlan: none
-    updated: datetime | None = None   # meta.lastUpdated (a care plan edited or reviewed)
+    people: frozenset[str]  # practitioner references (performer, author, requester, participant)
+    extra_codes: Codings  # Encounter: discharge disposition, class; CarePlan: none
+    updated: datetime | None = None  # meta.lastUpdated (a care plan edited or reviewed)
     diagnoses: frozenset[str] = frozenset()  # Encounter.diagnosis[].condition references
 
     @property
@@ -232,12 +254,12 @@ class Facts:
     user_id: str | None
     birth_date: date | None
     sex: str | None
-    medications: tuple[Medication, ...]      # all non-draft medication orders/statements
-    draft_orders: tuple[Medication, ...]     # this call's draft medication orders
-    other_draft_orders: tuple[Event, ...]    # draft non-medication orders (ServiceRequest ...)
+    medications: tuple[Medication, ...]  # all non-draft medication orders/statements
+    draft_orders: tuple[Medication, ...]  # this call's draft medication orders
+    other_draft_orders: tuple[Event, ...]  # draft non-medication orders (ServiceRequest ...)
     allergies: tuple[Allergy, ...]
     conditions: tuple[Condition, ...]
-    observations: tuple[Observation, ...]    # newest first
+    observations: tuple[Observation, ...]  # newest first
     events: tuple[Event, ...]
     unavailable: frozenset[str] = frozenset()  # resource types that could not be had (policy: skip)
     derived: dict = field(default_factory=dict, compare=False)  # lazily computed (eGFR, MME totals)
@@ -265,6 +287,7 @@ class Facts:
 # Builder
 # ----------------------------------------------------------------------------------------------
 
+
 def _num(value) -> float | None:
     if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
         return float(value)
@@ -278,17 +301,28 @@ class FactsBuilder:
         self.terminology = terminology
         self.mme = mme_calculator
 
-    def build(self, resources: Iterable[dict], *, patient_id: str, draft_orders: Iterable[dict] = (),
-              today: date | None = None, now: datetime | None = None, user_id: str | None = None,
-              unavailable: frozenset[str] = frozenset()) -> Facts:
-        now = now or datetime.now(timezone.utc)
+    def build(
+        self,
+        resources: Iterable[dict],
+        *,
+        patient_id: str,
+        draft_orders: Iterable[dict] = (),
+        today: date | None = None,
+        now: datetime | None = None,
+        user_id: str | None = None,
+        unavailable: frozenset[str] = frozenset(),
+    ) -> Facts:
+        now = now or datetime.now(UTC)
         today = today or now.date()
         if now.date() != today:  # a fixed "today" (rule tests, replays): noon keeps day arithmetic whole
-            now = datetime(today.year, today.month, today.day, 12, tzinfo=timezone.utc)
+            now = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
         resources = [r for r in resources if isinstance(r, dict)]
         drafts = [r for r in draft_orders if isinstance(r, dict)]
-        medication_index = {f"Medication/{r.get('id')}": r for r in resources + drafts
-                            if r.get("resourceType") == "Medication" and r.get("id")}
+        medication_index = {
+            f"Medication/{r.get('id')}": r
+            for r in resources + drafts
+            if r.get("resourceType") == "Medication" and r.get("id")
+        }
         draft_ids = {(r.get("resourceType"), r.get("id")) for r in drafts}
 
         birth, sex = None, None
@@ -312,8 +346,15 @@ class FactsBuilder:
                 conditions.append(self._condition(r))
             elif rtype == "Observation":
                 observations.extend(self._observations(r))
-            elif rtype in ("Encounter", "Procedure", "CarePlan", "ServiceRequest", "DiagnosticReport",
-                           "Immunization", "Communication"):
+            elif rtype in (
+                "Encounter",
+                "Procedure",
+                "CarePlan",
+                "ServiceRequest",
+                "DiagnosticReport",
+                "Immunization",
+                "Communication",
+            ):
                 events.append(self._event(r))
         draft_meds, draft_other = [], []
         for r in drafts:
@@ -321,12 +362,23 @@ class FactsBuilder:
                 draft_meds.append(self._medication(r, medication_index, is_draft=True))
             elif r.get("resourceType") not in ("Medication",):
                 draft_other.append(self._event(r))
-        observations.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
-        return Facts(today=today, now=now, patient_id=patient_id, user_id=user_id, birth_date=birth, sex=sex,
-                     medications=tuple(meds.values()), draft_orders=tuple(draft_meds),
-                     other_draft_orders=tuple(draft_other), allergies=tuple(allergies),
-                     conditions=tuple(conditions), observations=tuple(observations), events=tuple(events),
-                     unavailable=unavailable)
+        observations.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=UTC), reverse=True)
+        return Facts(
+            today=today,
+            now=now,
+            patient_id=patient_id,
+            user_id=user_id,
+            birth_date=birth,
+            sex=sex,
+            medications=tuple(meds.values()),
+            draft_orders=tuple(draft_meds),
+            other_draft_orders=tuple(draft_other),
+            allergies=tuple(allergies),
+            conditions=tuple(conditions),
+            observations=tuple(observations),
+            events=tuple(events),
+            unavailable=unavailable,
+        )
 
     # -- medications ---------------------------------------------------------------------------
     def _medication(self, r: dict, medication_index: dict, *, is_draft: bool) -> Medication:
@@ -337,14 +389,16 @@ class FactsBuilder:
             if ref.startswith("#"):
                 target = next((c for c in r.get("contained") or [] if c.get("id") == ref[1:]), None)
             else:
-                target = medication_index.get(ref) or medication_index.get("Medication/" + ref.rsplit("/", 1)[-1])
+                target = medication_index.get(ref) or medication_index.get(
+                    "Medication/" + ref.rsplit("/", 1)[-1]
+                )
             concept = (target or {}).get("code")
             if concept is None and (r.get("medicationReference") or {}).get("display"):
                 concept = {"text": r["medicationReference"]["display"]}
         codes = codings_of(concept)
         texts = texts_of(concept)
         ingredients = self.terminology.ingredients(list(codes), texts)
-        dosage = (r.get("dosageInstruction") or r.get("dosage") or [{}])
+        dosage = r.get("dosageInstruction") or r.get("dosage") or [{}]
         dosage = dosage[0] if dosage and isinstance(dosage[0], dict) else {}
         dispense = r.get("dispenseRequest") or {}
         validity = dispense.get("validityPeriod") or {}
@@ -352,21 +406,47 @@ class FactsBuilder:
         validity_days = (v_end - v_start).total_seconds() / 86400 if v_start and v_end else None
         supply = _duration_days(dispense.get("expectedSupplyDuration")) or _duration_days(r.get("daysSupply"))
         dose_value, dose_unit = dose_of(dosage)
-        authored = parse_datetime(r.get("authoredOn") or r.get("dateAsserted") or r.get("whenHandedOver")
-                                  or (r.get("effectivePeriod") or {}).get("start") or r.get("effectiveDateTime"))
-        categories = frozenset(c for cat in (r.get("category") if isinstance(r.get("category"), list)
-                                             else [r.get("category")] if r.get("category") else [])
-                               for _, c in codings_of(cat))
+        authored = parse_datetime(
+            r.get("authoredOn")
+            or r.get("dateAsserted")
+            or r.get("whenHandedOver")
+            or (r.get("effectivePeriod") or {}).get("start")
+            or r.get("effectiveDateTime")
+        )
+        categories = frozenset(
+            c
+            for cat in (
+                r.get("category")
+                if isinstance(r.get("category"), list)
+                else [r.get("category")]
+                if r.get("category")
+                else []
+            )
+            for _, c in codings_of(cat)
+        )
         requester = (r.get("requester") or r.get("recorder") or {}).get("reference")
         status = r.get("status") or "unknown"
         if r.get("resourceType") == "MedicationDispense":
             status = "dispensed" if status == "completed" else status
         med = Medication(
-            resource_type=r.get("resourceType"), id=str(r.get("id") or "unidentified"), name=name_of(concept),
-            codes=codes, ingredients=ingredients, classes=self.terminology.drug_classes(ingredients),
-            status=status, intent=r.get("intent"), categories=categories, authored=authored, is_draft=is_draft,
-            supply_days=supply, validity_days=validity_days,
-            doses_per_day=doses_per_day(dosage), dose_value=dose_value, dose_unit=dose_unit, requester=requester)
+            resource_type=r.get("resourceType"),
+            id=str(r.get("id") or "unidentified"),
+            name=name_of(concept),
+            codes=codes,
+            ingredients=ingredients,
+            classes=self.terminology.drug_classes(ingredients),
+            status=status,
+            intent=r.get("intent"),
+            categories=categories,
+            authored=authored,
+            is_draft=is_draft,
+            supply_days=supply,
+            validity_days=validity_days,
+            doses_per_day=doses_per_day(dosage),
+            dose_value=dose_value,
+            dose_unit=dose_unit,
+            requester=requester,
+        )
         if self.mme is not None:
             mme = self.mme.daily_mme(med)
             if mme is not None:
@@ -376,18 +456,26 @@ class FactsBuilder:
     # -- allergies, conditions -----------------------------------------------------------------
     def _allergy(self, r: dict) -> Allergy:
         concept = r.get("code") or {}
-        texts = texts_of(concept) + [t for reaction in r.get("reaction") or []
-                                     for t in texts_of(reaction.get("substance"))]
+        texts = texts_of(concept) + [
+            t for reaction in r.get("reaction") or [] for t in texts_of(reaction.get("substance"))
+        ]
         codes = codings_of(concept)
         ingredients = self.terminology.ingredients(list(codes), texts)
         named = self.terminology.named_classes(texts)
         clinical = {c for _, c in codings_of(r.get("clinicalStatus"))}
         verification = {c for _, c in codings_of(r.get("verificationStatus"))}
         active = (not clinical or "active" in clinical) and not (verification & NOT_TRUE)
-        return Allergy(id=str(r.get("id") or "unidentified"), name=name_of(concept), codes=codes,
-                       ingredients=ingredients, classes=named | self.terminology.drug_classes(ingredients),
-                       named_classes=named, active=active, criticality=r.get("criticality"),
-                       categories=frozenset(r.get("category") or []))
+        return Allergy(
+            id=str(r.get("id") or "unidentified"),
+            name=name_of(concept),
+            codes=codes,
+            ingredients=ingredients,
+            classes=named | self.terminology.drug_classes(ingredients),
+            named_classes=named,
+            active=active,
+            criticality=r.get("criticality"),
+            categories=frozenset(r.get("category") or []),
+        )
 
     def _condition(self, r: dict) -> Condition:
         clinical = {c for _, c in codings_of(r.get("clinicalStatus"))}
@@ -399,22 +487,33 @@ class FactsBuilder:
             active = abated is None
         active = active and not (verification & NOT_TRUE)
         categories = frozenset(c for cat in r.get("category") or [] for _, c in codings_of(cat))
-        return Condition(id=str(r.get("id") or "unidentified"), name=name_of(r.get("code")),
-                         codes=codings_of(r.get("code")), active=active, categories=categories,
-                         onset=parse_datetime(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start")),
-                         recorded=parse_datetime(r.get("recordedDate")), abated=abated,
-                         encounter=(r.get("encounter") or {}).get("reference")
-                         if isinstance(r.get("encounter"), dict) else None,
-                         verification=frozenset(verification))
+        return Condition(
+            id=str(r.get("id") or "unidentified"),
+            name=name_of(r.get("code")),
+            codes=codings_of(r.get("code")),
+            active=active,
+            categories=categories,
+            onset=parse_datetime(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start")),
+            recorded=parse_datetime(r.get("recordedDate")),
+            abated=abated,
+            encounter=(r.get("encounter") or {}).get("reference")
+            if isinstance(r.get("encounter"), dict)
+            else None,
+            verification=frozenset(verification),
+        )
 
     # -- observations --------------------------------------------------------------------------
     def _observations(self, r: dict) -> list[Observation]:
         status = r.get("status") or "unknown"
         if status in UNUSABLE_OBSERVATION:
             return []
-        when = parse_datetime(r.get("effectiveDateTime") or r.get("effectiveInstant")
-                              or (r.get("effectivePeriod") or {}).get("end")
-                              or (r.get("effectivePeriod") or {}).get("start") or r.get("issued"))
+        when = parse_datetime(
+            r.get("effectiveDateTime")
+            or r.get("effectiveInstant")
+            or (r.get("effectivePeriod") or {}).get("end")
+            or (r.get("effectivePeriod") or {}).get("start")
+            or r.get("issued")
+        )
         categories = frozenset(c for cat in r.get("category") or [] for _, c in codings_of(cat))
         rid = str(r.get("id") or "unidentified")
         out = [self._observation(r, rid, when, status, categories, None)]
@@ -431,12 +530,20 @@ class FactsBuilder:
         if value is None and isinstance(r.get("valueDecimal"), (int, float, Decimal)):
             value = float(r["valueDecimal"])
         interpretation = tuple(c for concept in r.get("interpretation") or [] for c in codings_of(concept))
-        return Observation(id=rid, name=name_of(r.get("code")), codes=codings_of(r.get("code")), value=value,
-                           unit=quantity.get("code") or quantity.get("unit"),
-                           value_codes=codings_of(r.get("valueCodeableConcept")),
-                           value_text=r.get("valueString") if isinstance(r.get("valueString"), str) else None,
-                           interpretation=interpretation, when=when, status=status, categories=categories,
-                           component_of=parent)
+        return Observation(
+            id=rid,
+            name=name_of(r.get("code")),
+            codes=codings_of(r.get("code")),
+            value=value,
+            unit=quantity.get("code") or quantity.get("unit"),
+            value_codes=codings_of(r.get("valueCodeableConcept")),
+            value_text=r.get("valueString") if isinstance(r.get("valueString"), str) else None,
+            interpretation=interpretation,
+            when=when,
+            status=status,
+            categories=categories,
+            component_of=parent,
+        )
 
     # -- events --------------------------------------------------------------------------------
     @staticmethod
@@ -449,14 +556,26 @@ class FactsBuilder:
             codes = tuple(c for t in r.get("type") or [] for c in codings_of(t))
         elif rtype == "CarePlan":  # no CarePlan.code: what the plan is about lives in its activities
             concept = (r.get("category") or [None])[0]
-            codes = tuple(c for a in r.get("activity") or []
-                          for c in codings_of(((a or {}).get("detail") or {}).get("code")))
-        categories = tuple(c for cat in (r.get("category") or []) for c in codings_of(cat)) \
-            if isinstance(r.get("category"), list) else codings_of(r.get("category"))
+            codes = tuple(
+                c
+                for a in r.get("activity") or []
+                for c in codings_of(((a or {}).get("detail") or {}).get("code"))
+            )
+        categories = (
+            tuple(c for cat in (r.get("category") or []) for c in codings_of(cat))
+            if isinstance(r.get("category"), list)
+            else codings_of(r.get("category"))
+        )
         period = r.get("period") or r.get("performedPeriod") or r.get("occurrencePeriod") or {}
-        when = parse_datetime(r.get("performedDateTime") or r.get("occurrenceDateTime") or r.get("authoredOn")
-                              or r.get("created") or r.get("effectiveDateTime") or r.get("sent")
-                              or period.get("start"))
+        when = parse_datetime(
+            r.get("performedDateTime")
+            or r.get("occurrenceDateTime")
+            or r.get("authoredOn")
+            or r.get("created")
+            or r.get("effectiveDateTime")
+            or r.get("sent")
+            or period.get("start")
+        )
         end = parse_datetime(period.get("end"))
         people = set()
         for key in ("performer", "author", "requester", "recorder", "asserter"):
@@ -476,14 +595,26 @@ class FactsBuilder:
             cls = r.get("class")
             if isinstance(cls, dict) and cls.get("code"):
                 extra += ((normalise_system(cls.get("system")), cls["code"]),)
-        return Event(resource_type=rtype, id=str(r.get("id") or "unidentified"),
-                     name=name_of(concept, rtype),
-                     codes=codes, status=r.get("status"), when=when, end=end, categories=categories,
-                     people=frozenset(people), extra_codes=extra,
-                     updated=parse_datetime((r.get("meta") or {}).get("lastUpdated")),
-                     diagnoses=frozenset(d["condition"]["reference"] for d in r.get("diagnosis") or []
-                                         if isinstance(d, dict) and isinstance(d.get("condition"), dict)
-                                         and isinstance(d["condition"].get("reference"), str)))
+        return Event(
+            resource_type=rtype,
+            id=str(r.get("id") or "unidentified"),
+            name=name_of(concept, rtype),
+            codes=codes,
+            status=r.get("status"),
+            when=when,
+            end=end,
+            categories=categories,
+            people=frozenset(people),
+            extra_codes=extra,
+            updated=parse_datetime((r.get("meta") or {}).get("lastUpdated")),
+            diagnoses=frozenset(
+                d["condition"]["reference"]
+                for d in r.get("diagnosis") or []
+                if isinstance(d, dict)
+                and isinstance(d.get("condition"), dict)
+                and isinstance(d["condition"].get("reference"), str)
+            ),
+        )
 
 
 def within_days(facts: Facts, when: datetime | None, days: float) -> bool:

@@ -31,8 +31,13 @@ class DrugIngredient:
 
 
 class MmeCalculator:
-    def __init__(self, factors: dict[str, float | None], methadone_bands: list[tuple[float, float | None, float]],
-                 patch_factor_per_mg_hr: float, drugs: dict[str, list[DrugIngredient]]):
+    def __init__(
+        self,
+        factors: dict[str, float | None],
+        methadone_bands: list[tuple[float, float | None, float]],
+        patch_factor_per_mg_hr: float,
+        drugs: dict[str, list[DrugIngredient]],
+    ):
         self.factors = factors
         self.methadone_bands = methadone_bands
         self.patch_factor = patch_factor_per_mg_hr
@@ -53,9 +58,12 @@ class MmeCalculator:
         columns = data["drug_ingredients_columns"]
         drugs: dict[str, list[DrugIngredient]] = {}
         for row in data["drug_ingredients"]:
-            r = dict(zip(columns, row))
+            r = dict(zip(columns, row, strict=True))
             drugs.setdefault(r["rxnorm_drug"], []).append(
-                DrugIngredient(r["rxnorm_ingredient"], float(r["strength_value"]), r["strength_unit"], r["dose_form"]))
+                DrugIngredient(
+                    r["rxnorm_ingredient"], float(r["strength_value"]), r["strength_unit"], r["dose_form"]
+                )
+            )
         # Fentanyl patch (CDCMMEClinicalConversionFactors "316987:7200@0.33333333"): the factor is
         # (0.33333333 / doses_per_day) * 7200, so MME/day = patches x strength(mg/hr) x 2400.
         return cls(factors, bands, 0.33333333 * 7200, drugs)
@@ -85,8 +93,11 @@ class MmeCalculator:
                     daily = per_day * med.dose_value / 1000.0
                 else:
                     daily = per_day * med.dose_value * item.strength
-                factor = self._methadone_factor(daily) if item.ingredient == "6813" else \
-                    self.factors.get(item.ingredient)
+                factor = (
+                    self._methadone_factor(daily)
+                    if item.ingredient == "6813"
+                    else self.factors.get(item.ingredient)
+                )
                 if factor is None:
                     continue
                 mme = daily * factor

@@ -3,7 +3,7 @@ arguments and the FHIR resource types it reads are declared together here.
 
 The rule JSON Schema's ``condition`` is assembled from this table (`condition_properties`), and a
 rule's `reads` (what makes it "unevaluable" when that data could not be had) is derived from it
-(`reads_of`), so the three can never drift apart. A predicate fails (yields nothing) or succeeds with
+(`Predicate.reads`), so the three can never drift apart. A predicate fails (yields nothing) or succeeds with
 the bindings it adds (``as: other``), which later predicates and card templates use. Unknown values
 (no age, no dose) make a comparison false. ``no_<name>`` holds when ``<name>`` finds nothing.
 
@@ -13,9 +13,10 @@ they do no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from .facts import NOT_TRUE, Medication, Observation, within_days
 from .renal import latest_egfr
@@ -28,10 +29,10 @@ COMPARISONS = ("gt", "gte", "lt", "lte", "eq")
 class Predicate:
     name: str
     evaluate: Callable[..., Iterator[Bindings]]
-    schema: dict                                   # JSON Schema of the arguments (may $ref rule.schema.json $defs)
-    reads: Callable[[Any], frozenset[str]]         # resource types read, given the arguments
-    negatable: bool = False                        # a `no_<name>` form exists
-    needs_draft: bool = False                      # only under `foreach: draft_medication`
+    schema: dict  # JSON Schema of the arguments (may $ref rule.schema.json $defs)
+    reads: Callable[[Any], frozenset[str]]  # resource types read, given the arguments
+    negatable: bool = False  # a `no_<name>` form exists
+    needs_draft: bool = False  # only under `foreach: draft_medication`
 
 
 VOCABULARY: dict[str, Predicate] = {}
@@ -45,6 +46,7 @@ def predicate(name: str, schema: dict, *, reads=(), negatable: bool = False, nee
     def register(fn):
         VOCABULARY[name] = Predicate(name, fn, schema, reads_fn, negatable, needs_draft)
         return fn
+
     return register
 
 
@@ -65,20 +67,25 @@ def condition_properties() -> dict[str, dict]:
     return out
 
 
-def reads_of(name: str, args) -> frozenset[str]:
-    found, _ = lookup(name)
-    return found.reads(args)
-
-
 # -- shared helpers ---------------------------------------------------------------------------------
+
 
 def compare(value: float | None, spec: Mapping[str, float]) -> bool:
     if value is None:
         return False
     for op, bound in spec.items():
-        if op == "gt" and not value > bound or op == "gte" and not value >= bound \
-                or op == "lt" and not value < bound or op == "lte" and not value <= bound \
-                or op == "eq" and not value == bound:
+        if (
+            op == "gt"
+            and not value > bound
+            or op == "gte"
+            and not value >= bound
+            or op == "lt"
+            and not value < bound
+            or op == "lte"
+            and not value <= bound
+            or op == "eq"
+            and not value == bound
+        ):
             return False
     return True
 
@@ -155,12 +162,20 @@ def _medication(ev, args, b):
     return _bind(b, args, [m for m in pool if ev.med_matches(args, m, b)])
 
 
-@predicate("pair", {
-    "type": "object", "additionalProperties": False, "required": ["a", "b"],
-    "description": "The bound draft is in value set(s) a and another active or draft medication in b, or the "
-                   "other way round.",
-    "properties": {"a": _ref("vsRef"), "b": _ref("vsRef"), "as": _ref("binding")}},
-    reads=_MEDICATIONS, needs_draft=True)
+@predicate(
+    "pair",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["a", "b"],
+        "description": "The bound draft is in value set(s) a and another active or draft medication in b, "
+        "or the "
+        "other way round.",
+        "properties": {"a": _ref("vsRef"), "b": _ref("vsRef"), "as": _ref("binding")},
+    },
+    reads=_MEDICATIONS,
+    needs_draft=True,
+)
 def _pair(ev, args, b):
     """The bound draft is in one class and another medication (active, or another draft) in the other;
     either way round. Binds the other medication as `as` (default `other`)."""
@@ -175,13 +190,21 @@ def _pair(ev, args, b):
             yield from _bind(b, {"as": name}, matches)
 
 
-@predicate("total_mme", {
-    "allOf": [_ref("medFilter")],
-    "properties": {"among": {"enum": ["active", "active_and_drafts", "drafts"]},
-                   **{op: _NUMBER for op in COMPARISONS}},
-    "unevaluatedProperties": False,
-    "description": "Summed MME/day of active and/or draft orders; medication-filter keys restrict which orders "
-                   "count."}, reads=_MEDICATIONS)
+@predicate(
+    "total_mme",
+    {
+        "allOf": [_ref("medFilter")],
+        "properties": {
+            "among": {"enum": ["active", "active_and_drafts", "drafts"]},
+            **{op: _NUMBER for op in COMPARISONS},
+        },
+        "unevaluatedProperties": False,
+        "description": "Summed MME/day of active and/or draft orders; medication-filter keys restrict which "
+        "orders "
+        "count.",
+    },
+    reads=_MEDICATIONS,
+)
 def _total_mme(ev, args, b):
     among = args.get("among", "active_and_drafts")
     pool = ev.facts.active_medications if among in ("active", "active_and_drafts") else ()
@@ -220,19 +243,34 @@ def covered_days(periods: list[tuple[date, date]], start: date, end: date) -> in
     return sum((e - s).days for s, e in merged)
 
 
-@predicate("coverage", {
-    "allOf": [_ref("medFilter")], "required": ["days"],
-    "oneOf": [{"required": ["within_days"]}, {"required": ["each_month_of_last"]}],
-    "properties": {
-        "among": {"enum": ["active", "drafts", "other_drafts", "active_or_other_drafts", "history"]},
-        "within_days": {"type": "integer", "minimum": 1, "description": "Window: the last N days up to today."},
-        "each_month_of_last": {"type": "integer", "minimum": 1,
-                               "description": "Windows: each of the last N calendar months (every one must "
-                                              "satisfy `days`)."},
-        "days": _ref("comparison"), "as": _ref("binding")},
-    "unevaluatedProperties": False,
-    "description": "Days covered by matching medication orders (authored date + expected supply, merged) in the "
-                   "window(s)."}, reads=_MEDICATIONS)
+@predicate(
+    "coverage",
+    {
+        "allOf": [_ref("medFilter")],
+        "required": ["days"],
+        "oneOf": [{"required": ["within_days"]}, {"required": ["each_month_of_last"]}],
+        "properties": {
+            "among": {"enum": ["active", "drafts", "other_drafts", "active_or_other_drafts", "history"]},
+            "within_days": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Window: the last N days up to today.",
+            },
+            "each_month_of_last": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Windows: each of the last N calendar months (every one must satisfy `days`).",
+            },
+            "days": _ref("comparison"),
+            "as": _ref("binding"),
+        },
+        "unevaluatedProperties": False,
+        "description": "Days covered by matching medication orders (authored date + expected supply, "
+        "merged) in the "
+        "window(s).",
+    },
+    reads=_MEDICATIONS,
+)
 def _coverage(ev, args, b):
     """Days covered by medication orders (authored date + expected supply) in the last `within_days` days,
     or in each of the last `each_month_of_last` calendar months; `days` compares each window's count."""
@@ -258,8 +296,8 @@ def _coverage(ev, args, b):
 
 # -- observations, kidney function --------------------------------------------------------------------
 
-_POSITIVE = {"10828004", "POS", "DET"}     # SNOMED Positive; v3 ObservationInterpretation POS, DET (detected)
-_NEGATIVE = {"260385009", "NEG", "ND"}     # SNOMED Negative; v3 NEG, ND (not detected)
+_POSITIVE = {"10828004", "POS", "DET"}  # SNOMED Positive; v3 ObservationInterpretation POS, DET (detected)
+_NEGATIVE = {"260385009", "NEG", "ND"}  # SNOMED Negative; v3 NEG, ND (not detected)
 
 
 def qualitative_result(o: Observation) -> str | None:
@@ -282,9 +320,13 @@ def qualitative_result(o: Observation) -> str | None:
 def _observation(ev, args, b):
     f = ev.facts
     after = b.get(args["after"]) if "after" in args else None
-    candidates = [o for o in f.observations if ev.codes_in(args["code_in"], o.codes)
-                  and ("within_days" not in args or within_days(f, o.when, args["within_days"]))
-                  and (after is None or (o.when is not None and after.when is not None and o.when > after.when))]
+    candidates = [
+        o
+        for o in f.observations
+        if ev.codes_in(args["code_in"], o.codes)
+        and ("within_days" not in args or within_days(f, o.when, args["within_days"]))
+        and (after is None or (o.when is not None and after.when is not None and o.when > after.when))
+    ]
     if args.get("latest"):
         candidates = candidates[:1]
     matches = []
@@ -301,10 +343,19 @@ def _observation(ev, args, b):
     return _bind(b, args, matches)
 
 
-@predicate("egfr", {
-    "type": "object", "additionalProperties": False,
-    "properties": {"within_days": _NUMBER, **{op: _NUMBER for op in ("gt", "gte", "lt", "lte")},
-                   "as": _ref("binding")}}, reads={"Observation", "Patient"})
+@predicate(
+    "egfr",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "within_days": _NUMBER,
+            **{op: _NUMBER for op in ("gt", "gte", "lt", "lte")},
+            "as": _ref("binding"),
+        },
+    },
+    reads={"Observation", "Patient"},
+)
 def _egfr(ev, args, b):
     key = ("egfr", args.get("within_days"))
     memo = ev.facts.derived.setdefault("memo", {})
@@ -324,11 +375,14 @@ def _egfr(ev, args, b):
 def _condition(ev, args, b):
     f = ev.facts
     want_active = args.get("active", True)
-    matches = [c for c in f.conditions
-               if (c.active == want_active if want_active != "any" else not (c.verification & NOT_TRUE))
-               and ev.codes_in(args["in"], c.codes)
-               and ("category" not in args or c.categories & set(args["category"]))
-               and ("within_days" not in args or within_days(f, c.when, args["within_days"]))]
+    matches = [
+        c
+        for c in f.conditions
+        if (c.active == want_active if want_active != "any" else not (c.verification & NOT_TRUE))
+        and ev.codes_in(args["in"], c.codes)
+        and ("category" not in args or c.categories & set(args["category"]))
+        and ("within_days" not in args or within_days(f, c.when, args["within_days"]))
+    ]
     return _bind(b, args, matches)
 
 
@@ -363,18 +417,24 @@ def _event_reads(args) -> frozenset[str]:
 def _event(ev, args, b):
     f = ev.facts
     after = b.get(args["after"]) if "after" in args else None
-    matches = [e for e in f.events
-               if e.resource_type == args["type"]
-               and ("in" not in args or ev.codes_in(args["in"], e.codes))
-               and ("category_in" not in args or ev.codes_in(args["category_in"], e.categories))
-               and ("extra_in" not in args or ev.codes_in(args["extra_in"], e.extra_codes))
-               and ("status" not in args or e.status in args["status"])
-               and ("within_days" not in args or within_days(f, e.when, args["within_days"]))
-               and (after is None or (e.when is not None and after.when is not None and e.when >= after.when))
-               and (not args.get("by_user") or (f.user_id is not None and f.user_id in e.people))
-               and ("touched_within_days" not in args or within_days(f, e.when, args["touched_within_days"])
-                    or within_days(f, e.updated, args["touched_within_days"]))
-               and ("diagnosis_in" not in args or _has_diagnosis(ev, e, args["diagnosis_in"]))]
+    matches = [
+        e
+        for e in f.events
+        if e.resource_type == args["type"]
+        and ("in" not in args or ev.codes_in(args["in"], e.codes))
+        and ("category_in" not in args or ev.codes_in(args["category_in"], e.categories))
+        and ("extra_in" not in args or ev.codes_in(args["extra_in"], e.extra_codes))
+        and ("status" not in args or e.status in args["status"])
+        and ("within_days" not in args or within_days(f, e.when, args["within_days"]))
+        and (after is None or (e.when is not None and after.when is not None and e.when >= after.when))
+        and (not args.get("by_user") or (f.user_id is not None and f.user_id in e.people))
+        and (
+            "touched_within_days" not in args
+            or within_days(f, e.when, args["touched_within_days"])
+            or within_days(f, e.updated, args["touched_within_days"])
+        )
+        and ("diagnosis_in" not in args or _has_diagnosis(ev, e, args["diagnosis_in"]))
+    ]
     return _bind(b, args, matches)
 
 
@@ -393,6 +453,7 @@ def _has_diagnosis(ev, encounter, refs) -> bool:
 
 
 def _same_resource(reference: str, rtype: str, rid: str) -> bool:
-    """`Encounter/123`, `http://server/fhir/Encounter/123` or `Encounter/123/_history/2` name Encounter 123."""
+    """`Encounter/123`, `http://server/fhir/Encounter/123` or `Encounter/123/_history/2` name Encounter
+    123."""
     parts = reference.split("/_history/")[0].rstrip("/").split("/")
     return parts[-1] == rid and (len(parts) == 1 or parts[-2] == rtype)

@@ -13,10 +13,24 @@ from dataclasses import dataclass
 from datetime import datetime
 
 # LOINC codes that carry an eGFR result (mL/min/1.73m2), any equation.
-EGFR_LOINC = frozenset({
-    "33914-3", "48642-3", "48643-1", "50044-7", "50210-4", "62238-1", "69405-9", "70969-1", "77147-7",
-    "88293-6", "88294-4", "94677-2", "98979-8", "98980-6",
-})
+EGFR_LOINC = frozenset(
+    {
+        "33914-3",
+        "48642-3",
+        "48643-1",
+        "50044-7",
+        "50210-4",
+        "62238-1",
+        "69405-9",
+        "70969-1",
+        "77147-7",
+        "88293-6",
+        "88294-4",
+        "94677-2",
+        "98979-8",
+        "98980-6",
+    }
+)
 # Serum/plasma creatinine.
 CREATININE_LOINC = frozenset({"2160-0", "38483-4", "14682-9", "59826-8", "77140-2"})
 LOINC = "http://loinc.org"
@@ -28,7 +42,7 @@ def ckd_epi_2021(creatinine_mg_dl: float, age_years: float, sex: str) -> float:
     female = sex == "female"
     kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
     ratio = creatinine_mg_dl / kappa
-    value = 142 * min(ratio, 1) ** alpha * max(ratio, 1) ** -1.200 * 0.9938 ** age_years
+    value = 142 * min(ratio, 1) ** alpha * max(ratio, 1) ** -1.200 * 0.9938**age_years
     return value * 1.012 if female else value
 
 
@@ -45,8 +59,8 @@ def creatinine_mg_dl(value: float, unit: str | None) -> float | None:
 class Egfr:
     value: float
     when: datetime | None
-    source: str            # "measured" | "computed (CKD-EPI 2021)"
-    ref: str               # the Observation it comes from
+    source: str  # "measured" | "computed (CKD-EPI 2021)"
+    ref: str  # the Observation it comes from
     creatinine: float | None = None
 
     @property
@@ -64,9 +78,19 @@ def latest_egfr(facts, within_days: float | None = None) -> Egfr | None:
         codes = {c for s, c in obs.codes if s == LOINC}
         if codes & EGFR_LOINC:
             return Egfr(obs.value, obs.when, "measured", obs.ref)
-        if codes & CREATININE_LOINC and facts.age is not None and facts.age >= 18 and facts.sex in ("female", "male"):
+        if (
+            codes & CREATININE_LOINC
+            and facts.age is not None
+            and facts.age >= 18
+            and facts.sex in ("female", "male")
+        ):
             scr = creatinine_mg_dl(obs.value, obs.unit)
             if scr:
-                return Egfr(round(ckd_epi_2021(scr, facts.age, facts.sex), 1), obs.when,
-                            "computed (CKD-EPI 2021)", obs.ref, creatinine=obs.value)
+                return Egfr(
+                    round(ckd_epi_2021(scr, facts.age, facts.sex), 1),
+                    obs.when,
+                    "computed (CKD-EPI 2021)",
+                    obs.ref,
+                    creatinine=obs.value,
+                )
     return None

@@ -8,21 +8,27 @@ live hook call. Used by ``cds-service rules test`` and by the test suite.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from ..ehr.validation import ResourceValidator
+from ..errors import InvalidRequest
 from ..protocol.cards import cards_for
 from .engine import evaluate_rule
-from ..errors import InvalidRequest
 from .facts import FactsBuilder
-from ..ehr.validation import ResourceValidator
 from .rule_model import Rule, Rulebook
 from .terminology import LOINC, RXNORM, SNOMED, Terminology
 
 PATIENT_ID = "case-patient"
 USER = "Practitioner/case-user"
-_SYSTEMS = {"rxnorm": RXNORM, "loinc": LOINC, "snomed": SNOMED, "sct": SNOMED,
-            "icd10": "http://hl7.org/fhir/sid/icd-10-cm", "icd-10-cm": "http://hl7.org/fhir/sid/icd-10-cm"}
+_SYSTEMS = {
+    "rxnorm": RXNORM,
+    "loinc": LOINC,
+    "snomed": SNOMED,
+    "sct": SNOMED,
+    "icd10": "http://hl7.org/fhir/sid/icd-10-cm",
+    "icd-10-cm": "http://hl7.org/fhir/sid/icd-10-cm",
+}
 
 
 def _coding(spec: str, default_system: str) -> dict:
@@ -36,7 +42,9 @@ def _concept(item: dict, default_system: str) -> dict:
     concept: dict[str, Any] = {}
     codes = item.get("code")
     if codes:
-        concept["coding"] = [_coding(c, default_system) for c in ([codes] if isinstance(codes, str) else codes)]
+        concept["coding"] = [
+            _coding(c, default_system) for c in ([codes] if isinstance(codes, str) else codes)
+        ]
         if item.get("text"):
             concept["coding"][0]["display"] = item["text"]
     if item.get("text"):
@@ -47,7 +55,7 @@ def _concept(item: dict, default_system: str) -> dict:
 class CaseBuilder:
     def __init__(self, today: date):
         self.today = today
-        self.now = datetime(today.year, today.month, today.day, 12, tzinfo=timezone.utc)
+        self.now = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
         self.counter = 0
 
     def _id(self, prefix: str) -> str:
@@ -63,80 +71,165 @@ class CaseBuilder:
         birth = spec.pop("birthDate", None) or date(self.today.year - int(age), 1, 1).isoformat()
         if isinstance(birth, date):
             birth = birth.isoformat()
-        return {"resourceType": "Patient", "id": PATIENT_ID, "birthDate": birth,
-                "gender": spec.pop("gender", "female"), **spec}
+        return {
+            "resourceType": "Patient",
+            "id": PATIENT_ID,
+            "birthDate": birth,
+            "gender": spec.pop("gender", "female"),
+            **spec,
+        }
 
     def medication(self, item, *, draft: bool) -> dict:
         item = {"text": item} if isinstance(item, str) else dict(item)
         r: dict[str, Any] = {
-            "resourceType": "MedicationRequest", "id": item.get("id") or self._id("draft" if draft else "med"),
-            "status": item.get("status", "draft" if draft else "active"), "intent": item.get("intent", "order"),
-            "medicationCodeableConcept": _concept(item, RXNORM), "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "resourceType": "MedicationRequest",
+            "id": item.get("id") or self._id("draft" if draft else "med"),
+            "status": item.get("status", "draft" if draft else "active"),
+            "intent": item.get("intent", "order"),
+            "medicationCodeableConcept": _concept(item, RXNORM),
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
             "authoredOn": self._when(item.get("authoredDaysAgo", 0 if draft else 30)),
             "requester": {"reference": item.get("requester", USER)},
         }
         if item.get("category"):
-            r["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medicationrequest-category",
-                                          "code": item["category"]}]}]
+            r["category"] = [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/medicationrequest-category",
+                            "code": item["category"],
+                        }
+                    ]
+                }
+            ]
         dosage: dict[str, Any] = {}
         if item.get("dose"):
             dose = item["dose"]
-            dosage["doseAndRate"] = [{"doseQuantity": {"value": dose["value"], "unit": dose.get("unit", "tablet"),
-                                                       **({"code": dose["unit"], "system": "http://unitsofmeasure.org"}
-                                                          if dose.get("unit") in ("mg", "ug", "mL") else {})}}]
+            dosage["doseAndRate"] = [
+                {
+                    "doseQuantity": {
+                        "value": dose["value"],
+                        "unit": dose.get("unit", "tablet"),
+                        **(
+                            {"code": dose["unit"], "system": "http://unitsofmeasure.org"}
+                            if dose.get("unit") in ("mg", "ug", "mL")
+                            else {}
+                        ),
+                    }
+                }
+            ]
         if item.get("perDay"):
             dosage["timing"] = {"repeat": {"frequency": item["perDay"], "period": 1, "periodUnit": "d"}}
         if dosage:
             r["dosageInstruction"] = [dosage]
         dispense: dict[str, Any] = {}
         if item.get("supplyDays") is not None:
-            dispense["expectedSupplyDuration"] = {"value": item["supplyDays"], "unit": "days",
-                                                  "system": "http://unitsofmeasure.org", "code": "d"}
+            dispense["expectedSupplyDuration"] = {
+                "value": item["supplyDays"],
+                "unit": "days",
+                "system": "http://unitsofmeasure.org",
+                "code": "d",
+            }
         if item.get("validityDays") is not None:
             start = self.now - timedelta(days=float(item.get("authoredDaysAgo", 0 if draft else 30)))
-            dispense["validityPeriod"] = {"start": start.isoformat(),
-                                          "end": (start + timedelta(days=item["validityDays"])).isoformat()}
+            dispense["validityPeriod"] = {
+                "start": start.isoformat(),
+                "end": (start + timedelta(days=item["validityDays"])).isoformat(),
+            }
         if dispense:
             r["dispenseRequest"] = dispense
         return r
 
     def condition(self, item) -> dict:
         item = {"text": item} if isinstance(item, str) else dict(item)
-        r = {"resourceType": "Condition", "id": self._id("cond"), "code": _concept(item, SNOMED),
-             "subject": {"reference": f"Patient/{PATIENT_ID}"},
-             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                            "code": item.get("clinicalStatus", "active")}]},
-             "recordedDate": self._when(item.get("daysAgo", 100))}
+        r = {
+            "resourceType": "Condition",
+            "id": self._id("cond"),
+            "code": _concept(item, SNOMED),
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "clinicalStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                        "code": item.get("clinicalStatus", "active"),
+                    }
+                ]
+            },
+            "recordedDate": self._when(item.get("daysAgo", 100)),
+        }
         if item.get("category"):
-            r["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                                          "code": item["category"]}]}]
+            r["category"] = [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                            "code": item["category"],
+                        }
+                    ]
+                }
+            ]
         return r
 
     def allergy(self, item) -> dict:
         item = {"text": item} if isinstance(item, str) else dict(item)
-        r = {"resourceType": "AllergyIntolerance", "id": self._id("allergy"), "code": _concept(item, RXNORM),
-             "patient": {"reference": f"Patient/{PATIENT_ID}"}, "category": ["medication"],
-             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
-                                            "code": item.get("clinicalStatus", "active")}]}}
+        r = {
+            "resourceType": "AllergyIntolerance",
+            "id": self._id("allergy"),
+            "code": _concept(item, RXNORM),
+            "patient": {"reference": f"Patient/{PATIENT_ID}"},
+            "category": ["medication"],
+            "clinicalStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                        "code": item.get("clinicalStatus", "active"),
+                    }
+                ]
+            },
+        }
         if item.get("criticality"):
             r["criticality"] = item["criticality"]
         return r
 
     def observation(self, item) -> dict:
         item = dict(item)
-        r: dict[str, Any] = {"resourceType": "Observation", "id": self._id("obs"), "status": item.get("status", "final"),
-                             "code": _concept(item, LOINC), "subject": {"reference": f"Patient/{PATIENT_ID}"},
-                             "effectiveDateTime": self._when(item.get("daysAgo", 1))}
+        r: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": self._id("obs"),
+            "status": item.get("status", "final"),
+            "code": _concept(item, LOINC),
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "effectiveDateTime": self._when(item.get("daysAgo", 1)),
+        }
         if "value" in item:
-            r["valueQuantity"] = {"value": item["value"], **({"unit": item["unit"]} if item.get("unit") else {})}
+            r["valueQuantity"] = {
+                "value": item["value"],
+                **({"unit": item["unit"]} if item.get("unit") else {}),
+            }
         if item.get("valueCode"):
             r["valueCodeableConcept"] = {"coding": [_coding(item["valueCode"], SNOMED)]}
         if item.get("interpretation"):
-            r["interpretation"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                                                "code": item["interpretation"]}]}]
+            r["interpretation"] = [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                            "code": item["interpretation"],
+                        }
+                    ]
+                }
+            ]
         if item.get("category"):
-            r["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                          "code": item["category"]}]}]
+            r["category"] = [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": item["category"],
+                        }
+                    ]
+                }
+            ]
         return r
 
     def event(self, item) -> dict:
@@ -146,22 +239,53 @@ class CaseBuilder:
         when = self._when(item.get("daysAgo", 10))
         subject = {"reference": f"Patient/{PATIENT_ID}"}
         if rtype == "Encounter":
-            r.update({"status": item.get("status", "finished"),
-                      "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": item.get("class", "AMB")},
-                      "subject": subject, "period": {"start": when, "end": when}})
+            r.update(
+                {
+                    "status": item.get("status", "finished"),
+                    "class": {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                        "code": item.get("class", "AMB"),
+                    },
+                    "subject": subject,
+                    "period": {"start": when, "end": when},
+                }
+            )
             if item.get("code"):
                 r["type"] = [_concept(item, SNOMED)]
             if item.get("dischargeDisposition"):
-                r["hospitalization"] = {"dischargeDisposition": {"coding": [_coding(item["dischargeDisposition"], SNOMED)]}}
+                r["hospitalization"] = {
+                    "dischargeDisposition": {"coding": [_coding(item["dischargeDisposition"], SNOMED)]}
+                }
         elif rtype == "CarePlan":
-            r.update({"status": item.get("status", "active"), "intent": "plan", "subject": subject, "created": when,
-                      "category": [_concept(item, LOINC)], "author": {"reference": item.get("author", USER)}})
+            r.update(
+                {
+                    "status": item.get("status", "active"),
+                    "intent": "plan",
+                    "subject": subject,
+                    "created": when,
+                    "category": [_concept(item, LOINC)],
+                    "author": {"reference": item.get("author", USER)},
+                }
+            )
         elif rtype == "ServiceRequest":
-            r.update({"status": item.get("status", "active"), "intent": "order", "subject": subject,
-                      "code": _concept(item, SNOMED), "authoredOn": when})
+            r.update(
+                {
+                    "status": item.get("status", "active"),
+                    "intent": "order",
+                    "subject": subject,
+                    "code": _concept(item, SNOMED),
+                    "authoredOn": when,
+                }
+            )
         else:
-            r.update({"status": item.get("status", "completed"), "subject": subject, "code": _concept(item, SNOMED),
-                      "performedDateTime": when})
+            r.update(
+                {
+                    "status": item.get("status", "completed"),
+                    "subject": subject,
+                    "code": _concept(item, SNOMED),
+                    "performedDateTime": when,
+                }
+            )
             if item.get("performer"):
                 r["performer"] = [{"actor": {"reference": item["performer"]}}]
         return r
@@ -182,7 +306,7 @@ class CaseBuilder:
 class CaseResult:
     rule: Rule
     name: str
-    expected: str          # fire | silent
+    expected: str  # fire | silent
     passed: bool
     detail: str = ""
 
@@ -196,15 +320,25 @@ def _today(case: dict) -> date:
     return date.today()
 
 
-def run_case(rule: Rule, case: dict, expected: str, builder: FactsBuilder, terminology: Terminology,
-             validator: ResourceValidator) -> CaseResult:
+def run_case(
+    rule: Rule,
+    case: dict,
+    expected: str,
+    builder: FactsBuilder,
+    terminology: Terminology,
+    validator: ResourceValidator,
+) -> CaseResult:
     today = _today(case)
     resources, drafts = CaseBuilder(today).build(case)
     try:
-        validator.check([(f"case.resources[{i}]", r) for i, r in enumerate(resources)]
-                        + [(f"case.draftOrders[{i}]", r) for i, r in enumerate(drafts)])
+        validator.check(
+            [(f"case.resources[{i}]", r) for i, r in enumerate(resources)]
+            + [(f"case.draftOrders[{i}]", r) for i, r in enumerate(drafts)]
+        )
     except InvalidRequest as exc:
-        return CaseResult(rule, case["name"], expected, False, f"case data is not valid FHIR: {exc.diagnostics}")
+        return CaseResult(
+            rule, case["name"], expected, False, f"case data is not valid FHIR: {exc.diagnostics}"
+        )
     facts = builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts, today=today, user_id=USER)
     hook = case.get("hook") or rule.hooks[0]
     if hook == "patient-view" and drafts:
@@ -214,20 +348,31 @@ def run_case(rule: Rule, case: dict, expected: str, builder: FactsBuilder, termi
         return CaseResult(rule, case["name"], expected, False, f"rule error: {result.reason}")
     fired = result.outcome == "fired"
     if fired != (expected == "fire"):
-        return CaseResult(rule, case["name"], expected, False,
-                          f"expected to {expected}, but it {'fired' if fired else 'stayed silent'}")
+        return CaseResult(
+            rule,
+            case["name"],
+            expected,
+            False,
+            f"expected to {expected}, but it {'fired' if fired else 'stayed silent'}",
+        )
     if fired:
         issued, rejected = cards_for(list(result.findings), facts)
         if rejected:
             return CaseResult(rule, case["name"], expected, False, f"card invalid: {rejected[0].problem}")
         if case.get("indicator") and issued[0].card["indicator"] != case["indicator"]:
-            return CaseResult(rule, case["name"], expected, False,
-                              f"indicator {issued[0].card['indicator']}, expected {case['indicator']}")
+            return CaseResult(
+                rule,
+                case["name"],
+                expected,
+                False,
+                f"indicator {issued[0].card['indicator']}, expected {case['indicator']}",
+            )
     return CaseResult(rule, case["name"], expected, True)
 
 
-def run_rule_cases(rulebook: Rulebook, builder: FactsBuilder, terminology: Terminology,
-                   rule_ids: list[str] | None = None) -> list[CaseResult]:
+def run_rule_cases(
+    rulebook: Rulebook, builder: FactsBuilder, terminology: Terminology, rule_ids: list[str] | None = None
+) -> list[CaseResult]:
     validator = ResourceValidator()
     results = []
     for rule in rulebook.rules:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,17 @@ from ..indicators import INDICATORS
 from .predicates import VOCABULARY, condition_properties, lookup
 from .terminology import Terminology
 
-TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+TEMPLATES = SandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+)
 TEMPLATES.filters["round1"] = lambda v: f"{float(v):.1f}".rstrip("0").rstrip(".") if v is not None else "?"
 TEMPLATES.filters["intersect"] = lambda a, b: sorted(set(a or ()) & set(b or ()))
-TEMPLATES.filters["isodate"] = lambda v: v.date().isoformat() if hasattr(v, "date") else (str(v) if v else "unknown date")
+TEMPLATES.filters["isodate"] = lambda v: (
+    v.date().isoformat() if hasattr(v, "date") else (str(v) if v else "unknown date")
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def rule_schema() -> dict:
     """content_schema/rule.schema.json completed with the predicate vocabulary and the indicator scale."""
     schema = copy.deepcopy(bundled_schema("rule.schema.json"))
@@ -38,7 +42,7 @@ def rule_schema() -> dict:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rule_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(rule_schema())
 
@@ -47,7 +51,7 @@ def _refers_to_valuesets(node) -> bool:
     return isinstance(node, dict) and node.get("$ref") == "#/$defs/vsRef"
 
 
-@lru_cache(maxsize=None)
+@cache
 def valueset_keys() -> frozenset[str]:
     """Argument names whose values are value-set references, read off the schema (`$ref: vsRef`)."""
     schema = rule_schema()
@@ -90,7 +94,7 @@ class Rule:
     foreach: str | None = None
     description: str = ""
     escalate: tuple[dict, ...] = ()
-    max_cards: int | None = None     # at most this many cards per hook call (default: engine's cap)
+    max_cards: int | None = None  # at most this many cards per hook call (default: engine's cap)
     reads: frozenset[str] = frozenset()
     compiled: dict[str, Any] = field(default_factory=dict)  # template text -> jinja Template
 
@@ -141,10 +145,14 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
         raise ContentError(rel, "id", f"the file must be named after the rule id ({data['id']}.yaml)")
 
     reads: set[str] = set()
-    condition_trees = [("when", data["when"])] + [(f"escalate[{i}].when", e["when"])
-                                                  for i, e in enumerate(data.get("escalate") or [])]
-    condition_trees += [(f"card.suggestions[{i}].when", s["when"])
-                        for i, s in enumerate(data["card"].get("suggestions") or []) if "when" in s]
+    condition_trees = [("when", data["when"])] + [
+        (f"escalate[{i}].when", e["when"]) for i, e in enumerate(data.get("escalate") or [])
+    ]
+    condition_trees += [
+        (f"card.suggestions[{i}].when", s["when"])
+        for i, s in enumerate(data["card"].get("suggestions") or [])
+        if "when" in s
+    ]
     vs_keys = valueset_keys()
     for base, tree in condition_trees:
         for where, name, args in _walk_conditions(tree, base):
@@ -152,32 +160,51 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
             if found.needs_draft and data.get("foreach") != "draft_medication":
                 raise ContentError(rel, where, f"'{name}' needs `foreach: draft_medication`")
             reads |= found.reads(args)
-            for key, value in (args.items() if isinstance(args, dict) else []):
+            for key, value in args.items() if isinstance(args, dict) else []:
                 if key in vs_keys or (key == "same_class_as" and isinstance(value, dict)):
                     refs = value.get("classes") if key == "same_class_as" else value
                     for ref in [refs] if isinstance(refs, str) else refs:
                         if ref.startswith("ingredient:"):
-                            if ref[len("ingredient:"):] not in terminology.classes_of:
-                                raise ContentError(rel, f"{where}.{key}", f"unknown ingredient {ref!r} "
-                                                   "(not named in fhir/terminology/drug-classes)")
+                            if ref[len("ingredient:") :] not in terminology.classes_of:
+                                raise ContentError(
+                                    rel,
+                                    f"{where}.{key}",
+                                    f"unknown ingredient {ref!r} "
+                                    "(not named in fhir/terminology/drug-classes)",
+                                )
                         elif "|" not in ref and ref not in terminology:
-                            raise ContentError(rel, f"{where}.{key}", f"unknown value set {ref!r} "
-                                               "(not in fhir/terminology)")
+                            raise ContentError(
+                                rel, f"{where}.{key}", f"unknown value set {ref!r} (not in fhir/terminology)"
+                            )
     compiled = {}
     for where, text in _templates_in(data["card"], "card"):
         try:
             compiled[text] = TEMPLATES.from_string(text)
         except TemplateSyntaxError as exc:
             raise ContentError(rel, where, f"template error: {exc.message}") from exc
-    for i, e in enumerate(data.get("escalate") or []):
+    for e in data.get("escalate") or []:
         if e.get("summary"):
             compiled[e["summary"]] = TEMPLATES.from_string(e["summary"])
-    return Rule(id=data["id"], version=data["version"], title=data["title"], status=data["status"],
-                hooks=tuple(data["hooks"]), indicator=data["indicator"], when=data["when"], card=data["card"],
-                references=tuple(Reference(r["title"], r["url"], r.get("citation")) for r in data["references"]),
-                cases=data["cases"], pack=path.parent.name, path=rel, foreach=data.get("foreach"),
-                description=data.get("description", ""), escalate=tuple(data.get("escalate") or ()),
-                reads=frozenset(reads), compiled=compiled, max_cards=data.get("max_cards"))
+    return Rule(
+        id=data["id"],
+        version=data["version"],
+        title=data["title"],
+        status=data["status"],
+        hooks=tuple(data["hooks"]),
+        indicator=data["indicator"],
+        when=data["when"],
+        card=data["card"],
+        references=tuple(Reference(r["title"], r["url"], r.get("citation")) for r in data["references"]),
+        cases=data["cases"],
+        pack=path.parent.name,
+        path=rel,
+        foreach=data.get("foreach"),
+        description=data.get("description", ""),
+        escalate=tuple(data.get("escalate") or ()),
+        reads=frozenset(reads),
+        compiled=compiled,
+        max_cards=data.get("max_cards"),
+    )
 
 
 @dataclass

@@ -65,7 +65,7 @@ class ValueSet:
     concepts: list[Concept] = field(default_factory=list)
     ranges: list[tuple[str, str, str]] = field(default_factory=list)  # (system, low, high) for ICD-10-CM
     is_drug_class: bool = False
-    class_names: set[str] = field(default_factory=set)       # names of the class itself ("nsaids")
+    class_names: set[str] = field(default_factory=set)  # names of the class itself ("nsaids")
     designations: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # synonyms, brand names
 
     def has_code(self, system: str, code: str) -> bool:
@@ -86,9 +86,13 @@ class ValueSet:
 class Terminology:
     """All value sets plus the ingredient-name index."""
 
-    def __init__(self, valuesets: dict[str, ValueSet], products: dict[tuple[str, str], set[str]] | None = None):
+    def __init__(
+        self, valuesets: dict[str, ValueSet], products: dict[tuple[str, str], set[str]] | None = None
+    ):
         self.valuesets = valuesets
-        self.products = products or {}  # RxNorm clinical/branded drug -> ingredient names (fhir/terminology/maps)
+        self.products = (
+            products or {}
+        )  # RxNorm clinical/branded drug -> ingredient names (fhir/terminology/maps)
         # canonical ingredient name -> drug-class value set ids; name/synonym -> canonical name
         self.classes_of: dict[str, set[str]] = {}
         self._name_to_ingredient: dict[str, str] = {}
@@ -108,11 +112,17 @@ class Terminology:
                     for name in names:
                         self._name_to_ingredient.setdefault(name, canonical)
         names = sorted(self._name_to_ingredient, key=len, reverse=True)
-        self._name_pattern = re.compile(
-            r"(?<![a-z0-9])(" + "|".join(re.escape(n) for n in names) + r")(?![a-z0-9])") if names else None
+        self._name_pattern = (
+            re.compile(r"(?<![a-z0-9])(" + "|".join(re.escape(n) for n in names) + r")(?![a-z0-9])")
+            if names
+            else None
+        )
         class_names = sorted(self._class_name_to_vs, key=len, reverse=True)
-        self._class_pattern = re.compile(
-            r"(?<![a-z0-9])(" + "|".join(re.escape(n) for n in class_names) + r")(?![a-z0-9])") if class_names else None
+        self._class_pattern = (
+            re.compile(r"(?<![a-z0-9])(" + "|".join(re.escape(n) for n in class_names) + r")(?![a-z0-9])")
+            if class_names
+            else None
+        )
 
     def __contains__(self, vs_id: str) -> bool:
         return vs_id in self.valuesets
@@ -120,8 +130,11 @@ class Terminology:
     def ingredients(self, codings: list[tuple[str, str]], texts: list[str]) -> frozenset[str]:
         """Canonical ingredient names from RxNorm ingredient codes or, failing that, from names in the
         texts (coding displays, CodeableConcept.text, Medication.code.text)."""
-        found = {self._code_to_ingredient[(normalise_system(s), c)] for s, c in codings
-                 if (normalise_system(s), c) in self._code_to_ingredient}
+        found = {
+            self._code_to_ingredient[(normalise_system(s), c)]
+            for s, c in codings
+            if (normalise_system(s), c) in self._code_to_ingredient
+        }
         for s, c in codings:
             found |= self.products.get((normalise_system(s), c), set())
         if self._name_pattern is not None:
@@ -183,15 +196,22 @@ def load_valueset(path: Path, root: Path) -> ValueSet:
     vs_id = resource.get("id")
     if not isinstance(vs_id, str) or not re.match(r"^[A-Za-z0-9\-.]{1,64}$", vs_id):
         raise ContentError(rel, "id", "a ValueSet needs a FHIR id; rules refer to value sets by id")
-    vs = ValueSet(id=vs_id, url=resource.get("url", ""), title=resource.get("title") or resource.get("name") or vs_id,
-                  source=rel, is_drug_class="drug-classes" in path.parts)
+    vs = ValueSet(
+        id=vs_id,
+        url=resource.get("url", ""),
+        title=resource.get("title") or resource.get("name") or vs_id,
+        source=rel,
+        is_drug_class="drug-classes" in path.parts,
+    )
     for i, (system, concept) in enumerate(_concepts_of(resource)):
         code = concept.get("code")
         if not isinstance(code, str) or not code:
             raise ContentError(rel, f"concept[{i}].code", "missing code")
         display = concept.get("display") or ""
         if vs.is_drug_class and not display:
-            raise ContentError(rel, f"concept[{i}].display", "drug-class concepts need a display (the ingredient name)")
+            raise ContentError(
+                rel, f"concept[{i}].display", "drug-class concepts need a display (the ingredient name)"
+            )
         vs.codes.add((system, code))
         vs.concepts.append(Concept(system, code, display))
         if system == ICD10CM and re.match(r"^[A-Z0-9]{3}-[A-Z0-9]{3}$", code):
@@ -202,8 +222,10 @@ def load_valueset(path: Path, root: Path) -> ValueSet:
             vs.designations[(system, code)] = names
     if vs.is_drug_class:
         vs.class_names = {normalise_name(vs.title)} | {
-            normalise_name(e.get("valueString", "")) for e in resource.get("extension") or []
-            if e.get("url", "").endswith("/class-synonym") and e.get("valueString")}
+            normalise_name(e.get("valueString", ""))
+            for e in resource.get("extension") or []
+            if e.get("url", "").endswith("/class-synonym") and e.get("valueString")
+        }
     return vs
 
 
@@ -233,6 +255,8 @@ def load_terminology(terminology_dir: Path) -> Terminology:
                 continue
             vs = load_valueset(path, terminology_dir)
             if vs.id in valuesets:
-                raise ContentError(vs.source, "id", f"duplicate ValueSet id {vs.id!r} (also in {valuesets[vs.id].source})")
+                raise ContentError(
+                    vs.source, "id", f"duplicate ValueSet id {vs.id!r} (also in {valuesets[vs.id].source})"
+                )
             valuesets[vs.id] = vs
     return Terminology(valuesets, products)

@@ -89,7 +89,8 @@ class ServerAllowlist:
         scheme, host, port, path = norm
         for p_scheme, p_host, p_port, p_path in self._prefixes:
             if (scheme, host, port) == (p_scheme, p_host, p_port) and (
-                    path == p_path or path.startswith(p_path + "/")):
+                path == p_path or path.startswith(p_path + "/")
+            ):
                 return True
         return False
 
@@ -123,15 +124,23 @@ class FhirAccess:
     def client(self, fhir_server: str | None, access_token: str | None) -> "FhirClient | None":
         if not fhir_server:
             return None
-        return FhirClient(self.session, fhir_server, access_token=access_token, allowlist=self.allowlist,
-                          limits=self.limits)
+        return FhirClient(
+            self.session, fhir_server, access_token=access_token, allowlist=self.allowlist, limits=self.limits
+        )
 
 
 class FhirClient:
     """FHIR REST reads/searches against one server with one (optional) bearer token."""
 
-    def __init__(self, session: requests.Session, base_url: str, *, access_token: str | None,
-                 allowlist: ServerAllowlist, limits: FetchLimits = FetchLimits()):
+    def __init__(
+        self,
+        session: requests.Session,
+        base_url: str,
+        *,
+        access_token: str | None,
+        allowlist: ServerAllowlist,
+        limits: FetchLimits = FetchLimits(),
+    ):
         self._session = session
         self.base_url = base_url.rstrip("/")
         self._token = access_token
@@ -171,8 +180,10 @@ class FhirClient:
         next_url = next_link(bundle)
         while next_url:
             if counted + pages >= self.limits.max_pages:
-                raise FhirBadResponse(f"more than {self.limits.max_pages} pages of results "
-                                      "(CDS_FHIR_MAX_PAGES); refusing to act on partial data")
+                raise FhirBadResponse(
+                    f"more than {self.limits.max_pages} pages of results "
+                    "(CDS_FHIR_MAX_PAGES); refusing to act on partial data"
+                )
             bundle = self._get_json(urljoin(base, next_url))
             pages += 1
             resources.extend(bundle_resources(bundle))
@@ -187,8 +198,9 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self._token}"
         timeout = (self.limits.connect_timeout, self.limits.read_timeout)
         try:
-            with self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False,
-                                   stream=True) as response:
+            with self._session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+            ) as response:
                 status = response.status_code
                 if status in (401, 403):
                     raise FhirAuthRejected(f"{FhirAuthRejected.reason} (HTTP {status})")
@@ -247,8 +259,9 @@ def bundle_resources(bundle: dict) -> list[dict]:
         resource = entry.get("resource")
         if not isinstance(resource, dict):
             continue
-        if (entry.get("search") or {}).get("mode") == "outcome" or resource.get("resourceType") == "OperationOutcome":
+        if (entry.get("search") or {}).get("mode") == "outcome" or resource.get(
+            "resourceType"
+        ) == "OperationOutcome":
             continue  # search warnings, not data
         out.append(resource)
     return out
-

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import quote
 
 import fhirpathpy
@@ -42,8 +42,15 @@ USER_TOKENS = {
     "userRelatedPersonId": "RelatedPerson",
 }
 _VARIABLE = re.compile(r"%([A-Za-z][A-Za-z0-9_\-]*)")
-_TRIAL_ROOT = {"context": {"userId": "Practitioner/x", "patientId": "x", "encounterId": "x",
-                           "draftOrders": {"resourceType": "Bundle", "entry": []}}, "userPractitionerId": "x"}
+_TRIAL_ROOT = {
+    "context": {
+        "userId": "Practitioner/x",
+        "patientId": "x",
+        "encounterId": "x",
+        "draftOrders": {"resourceType": "Bundle", "entry": []},
+    },
+    "userPractitionerId": "x",
+}
 _FHIRPATH_BUILTIN_VARS = {"context", "resource", "rootResource", "ucum", "sct", "loinc", "us-zip"}
 
 
@@ -52,12 +59,12 @@ class OnUnavailable(enum.Enum):
     SKIP = "skip"  # evaluate without it; rules reading it are skipped and recorded
 
 
-class Origin(str, enum.Enum):
-    PREFETCH = "prefetch"            # the client sent it
+class Origin(enum.StrEnum):
+    PREFETCH = "prefetch"  # the client sent it
     PREFETCH_NULL = "prefetch-null"  # the client sent null: no data exists
-    FETCHED = "fetched"              # we fetched it (or completed the client's pages)
+    FETCHED = "fetched"  # we fetched it (or completed the client's pages)
     NOT_APPLICABLE = "not-applicable"  # template tokens resolved to nothing
-    UNAVAILABLE = "unavailable"      # could not be had; policy was skip
+    UNAVAILABLE = "unavailable"  # could not be had; policy was skip
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,8 @@ class PrefetchTemplate:
             deps.update(v for v in _VARIABLE.findall(expression) if v not in _FHIRPATH_BUILTIN_VARS)
             try:
                 compiled = fhirpathpy.compile(expression, fhirpath_models["r4"])
-                # The parser recovers from some errors; a trial run catches unknown functions now, not per request.
+                # The parser recovers from some errors; a trial run catches unknown functions now,
+                # not per request.
                 compiled(_TRIAL_ROOT, {v: {} for v in _VARIABLE.findall(expression)})
             except Exception as exc:  # fhirpathpy raises assorted parser errors
                 raise ValueError(f"prefetch token {{{{{expression}}}}} is not valid FHIRPath: {exc}") from exc
@@ -120,8 +128,8 @@ class PrefetchItem:
     origin: Origin
     resources: list[dict] = field(default_factory=list)
     pages: int = 0
-    note: str | None = None           # e.g. "client sent OperationOutcome", "unwrapped entry"
-    problem: str | None = None        # why it is unavailable
+    note: str | None = None  # e.g. "client sent OperationOutcome", "unwrapped entry"
+    problem: str | None = None  # why it is unavailable
 
 
 @dataclass
@@ -152,9 +160,14 @@ def _as_provided(key: str, value: dict | None) -> tuple[PrefetchItem | None, dic
     return PrefetchItem(key, Origin.PREFETCH, [value], note=note), None
 
 
-def resolve(templates: list[PrefetchTemplate], context: dict, provided: dict | None,
-            client: FhirClient | None, executor: Executor | None = None,
-            no_client_reason: str = "the request has no fhirServer") -> PrefetchResult:
+def resolve(
+    templates: list[PrefetchTemplate],
+    context: dict,
+    provided: dict | None,
+    client: FhirClient | None,
+    executor: Executor | None = None,
+    no_client_reason: str = "the request has no fhirServer",
+) -> PrefetchResult:
     """Resolve every template of a service. Raises PrefetchUnavailable (412) naming every key that
     could not be had under policy ``fail``."""
     provided = provided or {}
@@ -167,8 +180,12 @@ def resolve(templates: list[PrefetchTemplate], context: dict, provided: dict | N
     def unavailable(template: PrefetchTemplate, why: str) -> None:
         items[template.key] = PrefetchItem(template.key, Origin.UNAVAILABLE, problem=why)
         if template.on_unavailable is OnUnavailable.FAIL:
-            failures.append(Issue(f"prefetch key '{template.key}' ({template.text}) could not be had: {why}",
-                                  (f"prefetch.{template.key}",)))
+            failures.append(
+                Issue(
+                    f"prefetch key '{template.key}' ({template.text}) could not be had: {why}",
+                    (f"prefetch.{template.key}",),
+                )
+            )
 
     def fetch(query: str | None, bundle: dict | None) -> tuple[list[dict], int]:
         """May run in a worker thread: network only, no shared-state writes. Raises FhirAccessError."""
@@ -205,21 +222,26 @@ def resolve(templates: list[PrefetchTemplate], context: dict, provided: dict | N
             jobs.append((template, query, bundle))
         parallel = executor is not None and len(jobs) > 1
         futures = [executor.submit(fetch, query, bundle) if parallel else None for _, query, bundle in jobs]
-        for (template, query, bundle), future in zip(jobs, futures):
+        for (template, query, bundle), future in zip(jobs, futures, strict=True):
             try:
                 resources, pages = future.result() if future is not None else fetch(query, bundle)
             except FhirAccessError as exc:
                 unavailable(template, exc.diagnostics)
                 continue
             note = "completed the client's paginated searchset" if bundle is not None else None
-            items[template.key] = PrefetchItem(template.key, Origin.FETCHED, resources, pages=pages, note=note)
+            items[template.key] = PrefetchItem(
+                template.key, Origin.FETCHED, resources, pages=pages, note=note
+            )
         for template in ready:
             item = items.get(template.key)
             if item is not None and item.resources and template.is_read:
                 variables[template.key] = item.resources[0]
             elif item is not None:
-                variables[template.key] = {"resourceType": "Bundle", "type": "searchset",
-                                           "entry": [{"resource": r} for r in item.resources]}
+                variables[template.key] = {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "entry": [{"resource": r} for r in item.resources],
+                }
     if failures:
         raise PrefetchUnavailable(failures[0].diagnostics, issues=failures)
     ordered = {t.key: items[t.key] for t in templates if t.key in items}

@@ -22,43 +22,130 @@ from ..canonical import content_hash
 from ..errors import InvalidRequest, Issue, field_path
 
 # R4 required bindings for elements rules read (hl7.org/fhir/R4 valuesets).
-_MED_REQUEST_STATUS = {"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft",
-                       "unknown"}
-_REQUEST_INTENT = {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order",
-                   "option"}
+_MED_REQUEST_STATUS = {
+    "active",
+    "on-hold",
+    "cancelled",
+    "completed",
+    "entered-in-error",
+    "stopped",
+    "draft",
+    "unknown",
+}
+_REQUEST_INTENT = {
+    "proposal",
+    "plan",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+}
 _SERVICE_INTENT = _REQUEST_INTENT | {"directive"}
 REQUIRED_CODES: dict[str, dict[str, set[str]]] = {
     "Patient": {"gender": {"male", "female", "other", "unknown"}},
     "MedicationRequest": {"status": _MED_REQUEST_STATUS, "intent": _REQUEST_INTENT},
-    "MedicationStatement": {"status": {"active", "completed", "entered-in-error", "intended", "stopped", "on-hold",
-                                       "unknown", "not-taken"}},
-    "MedicationDispense": {"status": {"preparation", "in-progress", "cancelled", "on-hold", "completed",
-                                      "entered-in-error", "stopped", "declined", "unknown"}},
-    "Observation": {"status": {"registered", "preliminary", "final", "amended", "corrected", "cancelled",
-                               "entered-in-error", "unknown"}},
-    "Encounter": {"status": {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
-                             "entered-in-error", "unknown"}},
-    "Procedure": {"status": {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
-                             "entered-in-error", "unknown"}},
-    "CarePlan": {"status": {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"},
-                 "intent": {"proposal", "plan", "order", "option"}},
-    "ServiceRequest": {"status": {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error",
-                                  "unknown"}, "intent": _SERVICE_INTENT},
-    "AllergyIntolerance": {"type": {"allergy", "intolerance"}, "criticality": {"low", "high", "unable-to-assess"}},
+    "MedicationStatement": {
+        "status": {
+            "active",
+            "completed",
+            "entered-in-error",
+            "intended",
+            "stopped",
+            "on-hold",
+            "unknown",
+            "not-taken",
+        }
+    },
+    "MedicationDispense": {
+        "status": {
+            "preparation",
+            "in-progress",
+            "cancelled",
+            "on-hold",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "declined",
+            "unknown",
+        }
+    },
+    "Observation": {
+        "status": {
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    },
+    "Encounter": {
+        "status": {
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    },
+    "Procedure": {
+        "status": {
+            "preparation",
+            "in-progress",
+            "not-done",
+            "on-hold",
+            "stopped",
+            "completed",
+            "entered-in-error",
+            "unknown",
+        }
+    },
+    "CarePlan": {
+        "status": {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"},
+        "intent": {"proposal", "plan", "order", "option"},
+    },
+    "ServiceRequest": {
+        "status": {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"},
+        "intent": _SERVICE_INTENT,
+    },
+    "AllergyIntolerance": {
+        "type": {"allergy", "intolerance"},
+        "criticality": {"low", "high", "unable-to-assess"},
+    },
 }
 # Required CodeableConcept bindings: (element, code system, allowed codes).
 REQUIRED_CONCEPTS: dict[str, list[tuple[str, str, set[str]]]] = {
     "Condition": [
-        ("clinicalStatus", "http://terminology.hl7.org/CodeSystem/condition-clinical",
-         {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}),
-        ("verificationStatus", "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-         {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}),
+        (
+            "clinicalStatus",
+            "http://terminology.hl7.org/CodeSystem/condition-clinical",
+            {"active", "recurrence", "relapse", "inactive", "remission", "resolved"},
+        ),
+        (
+            "verificationStatus",
+            "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+            {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"},
+        ),
     ],
     "AllergyIntolerance": [
-        ("clinicalStatus", "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
-         {"active", "inactive", "resolved"}),
-        ("verificationStatus", "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
-         {"unconfirmed", "confirmed", "refuted", "entered-in-error"}),
+        (
+            "clinicalStatus",
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+            {"active", "inactive", "resolved"},
+        ),
+        (
+            "verificationStatus",
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+            {"unconfirmed", "confirmed", "refuted", "entered-in-error"},
+        ),
     ],
 }
 
@@ -93,15 +180,32 @@ class ResourceValidator:
         for element, allowed in REQUIRED_CODES.get(rtype, {}).items():
             value = resource.get(element)
             if value is not None and value not in allowed:
-                issues.append(Issue(f"{where}.{element}: {value!r} is not in the R4 required value set "
-                                    f"({' | '.join(sorted(allowed))})", (f"{where}.{element}",), code="code-invalid"))
+                issues.append(
+                    Issue(
+                        f"{where}.{element}: {value!r} is not in the R4 required value set "
+                        f"({' | '.join(sorted(allowed))})",
+                        (f"{where}.{element}",),
+                        code="code-invalid",
+                    )
+                )
         for element, system, allowed in REQUIRED_CONCEPTS.get(rtype, []):
             concept = resource.get(element)
-            for i, coding in enumerate((concept or {}).get("coding") or [] if isinstance(concept, dict) else []):
-                if isinstance(coding, dict) and coding.get("system") == system and coding.get("code") not in allowed:
-                    issues.append(Issue(f"{where}.{element}.coding[{i}].code: {coding.get('code')!r} is not in "
-                                        f"the R4 required value set", (f"{where}.{element}.coding[{i}].code",),
-                                        code="code-invalid"))
+            for i, coding in enumerate(
+                (concept or {}).get("coding") or [] if isinstance(concept, dict) else []
+            ):
+                if (
+                    isinstance(coding, dict)
+                    and coding.get("system") == system
+                    and coding.get("code") not in allowed
+                ):
+                    issues.append(
+                        Issue(
+                            f"{where}.{element}.coding[{i}].code: {coding.get('code')!r} is not in "
+                            f"the R4 required value set",
+                            (f"{where}.{element}.coding[{i}].code",),
+                            code="code-invalid",
+                        )
+                    )
         return issues
 
     def check(self, resources: list[tuple[str, dict]]) -> dict[int, str]:
@@ -122,9 +226,12 @@ class ResourceValidator:
             with self._lock:
                 self._ok[digest] = True
         if issues:
-            raise InvalidRequest(issues[0].diagnostics if len(issues) == 1
-                                 else f"{len(issues)} invalid FHIR elements; first: {issues[0].diagnostics}",
-                                 issues=issues)
+            raise InvalidRequest(
+                issues[0].diagnostics
+                if len(issues) == 1
+                else f"{len(issues)} invalid FHIR elements; first: {issues[0].diagnostics}",
+                issues=issues,
+            )
         return hashes
 
 
@@ -135,8 +242,12 @@ def check_patient_consistency(resources: list[tuple[str, dict]], patient_id: str
         rtype = resource.get("resourceType")
         if rtype == "Patient":
             if resource.get("id") not in (None, patient_id):
-                issues.append(Issue(f"{where}.id: Patient {resource.get('id')!r} is not context.patientId",
-                                    (f"{where}.id",)))
+                issues.append(
+                    Issue(
+                        f"{where}.id: Patient {resource.get('id')!r} is not context.patientId",
+                        (f"{where}.id",),
+                    )
+                )
             continue
         for element in ("subject", "patient"):
             ref = resource.get(element)
@@ -145,6 +256,11 @@ def check_patient_consistency(resources: list[tuple[str, dict]], patient_id: str
                 if "Patient/" in text and not text.startswith("urn:"):
                     ref_id = text.rsplit("Patient/", 1)[1].split("/")[0]
                     if ref_id != patient_id:
-                        issues.append(Issue(f"{where}.{element}.reference: refers to another patient than "
-                                            "context.patientId", (f"{where}.{element}.reference",)))
+                        issues.append(
+                            Issue(
+                                f"{where}.{element}.reference: refers to another patient than "
+                                "context.patientId",
+                                (f"{where}.{element}.reference",),
+                            )
+                        )
     return issues

@@ -8,7 +8,8 @@ else is a defect, logged once by `_unexpected`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 from flask_cors import CORS
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 _STATUS_ERRORS = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType}
 
 
-def create_app(config: Mapping[str, Any] | None = None, *, strict: bool = False,
-               runtime: Runtime | None = None) -> Flask:
+def create_app(
+    config: Mapping[str, Any] | None = None, *, strict: bool = False, runtime: Runtime | None = None
+) -> Flask:
     """Build the app. `config` overrides CDS_* settings by the same names (tests pass a mapping);
     `runtime` reuses one already built (tests share one per session)."""
     settings = runtime.settings if runtime is not None else Settings.load(config)
@@ -36,8 +38,13 @@ def create_app(config: Mapping[str, Any] | None = None, *, strict: bool = False,
     app.json.sort_keys = False
     app.json.compact = True
     app.extensions["cds_runtime"] = runtime if runtime is not None else Runtime.load(settings, strict=strict)
-    CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
-         methods=["GET", "POST", "OPTIONS"], max_age=600)
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
     _register_errors(app)
     app.register_blueprint(hooks_api)
     app.register_blueprint(audit_api)
@@ -61,7 +68,9 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):
         limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return outcome_response(PayloadTooLarge(f"request body larger than {limit} bytes (CDS_MAX_REQUEST_BYTES)"))
+        return outcome_response(
+            PayloadTooLarge(f"request body larger than {limit} bytes (CDS_MAX_REQUEST_BYTES)")
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

@@ -27,7 +27,7 @@ OVERRIDE_REASON_DISPLAY = {
     "action-performed-no-adverse-effect": "Intended action was performed previously without adverse effect",
     "action-not-priority": "Recommended action is not relevant or a priority in current state of health",
     "need-more-info": "Could not address recommended action due to need for more information/pending results/"
-                      "pending consult",
+    "pending consult",
     "does-not-align-latest-evidence": "Recommended action does not align with the latest evidence",
     "risk-benefit-ratio": "Recipient assessment of risk/benefit ratio",
     "mitigate-risk-negative-outcome": "Action taken to mitigate risk of negative outcome",
@@ -36,8 +36,12 @@ OVERRIDE_REASON_DISPLAY = {
     "patient-refuses": "Patient refuses/declines (no context given)",
     "cds-not-applicable": "PC CDS does not apply to patient",
 }
-DEFAULT_OVERRIDE_REASONS = ("risk-benefit-ratio", "mitigate-risk-negative-outcome",
-                            "action-performed-no-adverse-effect", "cds-not-applicable")
+DEFAULT_OVERRIDE_REASONS = (
+    "risk-benefit-ratio",
+    "mitigate-risk-negative-outcome",
+    "action-performed-no-adverse-effect",
+    "cds-not-applicable",
+)
 _card_schema = CardSchema()
 
 
@@ -87,7 +91,7 @@ def _override_reasons(spec) -> list[dict]:
 
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= SUMMARY_MAX else text[:SUMMARY_MAX - 1].rstrip() + "…"
+    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
 def build_card(finding: Finding, facts) -> dict:
@@ -100,19 +104,25 @@ def build_card(finding: Finding, facts) -> dict:
         "indicator": finding.indicator,
     }
     detail = _render(rule, spec["detail"], ctx) if spec.get("detail") else ""
-    refs = "\n".join(f"- [{r.title}]({r.url})" + (f" — {r.citation}" if r.citation else "")
-                     for r in rule.references)
+    refs = "\n".join(
+        f"- [{r.title}]({r.url})" + (f" — {r.citation}" if r.citation else "") for r in rule.references
+    )
     card["detail"] = (detail + "\n\n" if detail else "") + "**Sources**\n" + refs
     if spec.get("source"):
-        card["source"] = {k: (_render(rule, v, ctx) if isinstance(v, str) else v) for k, v in spec["source"].items() if v}
+        card["source"] = {
+            k: (_render(rule, v, ctx) if isinstance(v, str) else v) for k, v in spec["source"].items() if v
+        }
     else:  # the first reference is the primary source of guidance
         card["source"] = {"label": _shorten(rule.references[0].title), "url": rule.references[0].url}
     suggestions = []
     for i, suggestion in enumerate(spec.get("suggestions") or []):
         if i not in finding.suggestion_indices:
             continue
-        rendered = {"label": _render(rule, suggestion["label"], ctx), "uuid": str(uuid.uuid4()),
-                    "actions": [_render_tree(rule, a, ctx) for a in suggestion["actions"]]}
+        rendered = {
+            "label": _render(rule, suggestion["label"], ctx),
+            "uuid": str(uuid.uuid4()),
+            "actions": [_render_tree(rule, a, ctx) for a in suggestion["actions"]],
+        }
         if suggestion.get("isRecommended"):
             rendered["isRecommended"] = True
         suggestions.append(rendered)
@@ -120,8 +130,14 @@ def build_card(finding: Finding, facts) -> dict:
         card["suggestions"] = suggestions
         card["selectionBehavior"] = spec.get("selectionBehavior", "at-most-one")
     card["overrideReasons"] = _override_reasons(spec.get("overrideReasons"))
-    links = [{"label": _render(rule, link["label"], ctx), "url": _render(rule, link["url"], ctx),
-              "type": link.get("type", "absolute")} for link in spec.get("links") or []]
+    links = [
+        {
+            "label": _render(rule, link["label"], ctx),
+            "url": _render(rule, link["url"], ctx),
+            "type": link.get("type", "absolute"),
+        }
+        for link in spec.get("links") or []
+    ]
     if links:
         card["links"] = links
     card["extension"] = {"org.cds-service.rule": {"id": rule.id, "version": rule.version}}
@@ -143,7 +159,9 @@ def cards_for(findings: list[Finding], facts) -> tuple[list[IssuedCard], list[Re
             continue
         problem = validate_card(card)
         if problem:
-            log.error("card from rule %s@%s failed validation: %s", finding.rule.id, finding.rule.version, problem)
+            log.error(
+                "card from rule %s@%s failed validation: %s", finding.rule.id, finding.rule.version, problem
+            )
             rejected.append(RejectedCard(finding, problem))
         else:
             issued.append(IssuedCard(card, finding))

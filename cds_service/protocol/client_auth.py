@@ -35,7 +35,7 @@ LEEWAY_S = 30
 
 @dataclass(frozen=True)
 class ClientIdentity:
-    id: str | None            # iss
+    id: str | None  # iss
     tenant: str | None
     authenticated: bool
     jti: str | None = None
@@ -83,7 +83,11 @@ def load_clients(path: str) -> dict[str, TrustedClient]:
             static = PyJWKSet.from_dict(entry["jwks"]) if entry.get("jwks") else None
         except jwt.PyJWTError as exc:
             raise ValueError(f"{path}: clients[{i}].jwks: {exc}") from exc
-        remote = PyJWKClient(entry["jwks_url"], cache_keys=True, lifespan=300, timeout=5) if entry.get("jwks_url") else None
+        remote = (
+            PyJWKClient(entry["jwks_url"], cache_keys=True, lifespan=300, timeout=5)
+            if entry.get("jwks_url")
+            else None
+        )
         out[iss] = TrustedClient(iss, entry.get("jwks_url"), entry.get("tenant"), static, remote)
     return out
 
@@ -102,7 +106,9 @@ class ClientAuthenticator:
         if not self.enabled:
             return ANONYMOUS
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized("a signed JWT is required: Authorization: Bearer <JWT>", expression="Authorization")
+            raise Unauthorized(
+                "a signed JWT is required: Authorization: Bearer <JWT>", expression="Authorization"
+            )
         token = authorization.split(None, 1)[1].strip()
         try:
             header = jwt.get_unverified_header(token)
@@ -111,19 +117,29 @@ class ClientAuthenticator:
             raise Unauthorized(f"malformed JWT: {exc}", expression="Authorization") from exc
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
-            raise Unauthorized(f"JWT alg {alg!r} is not accepted (asymmetric algorithms only)",
-                               expression="Authorization")
+            raise Unauthorized(
+                f"JWT alg {alg!r} is not accepted (asymmetric algorithms only)", expression="Authorization"
+            )
         if not header.get("kid"):
             raise Unauthorized("JWT header needs a kid", expression="Authorization")
         client = self.clients.get(unverified.get("iss"))
         if client is None:
             raise Unauthorized("JWT issuer is not a trusted CDS client", expression="Authorization")
         if header.get("jku") and header["jku"] != client.jwks_url:
-            raise Unauthorized("JWT jku is not the key set registered for this issuer", expression="Authorization")
+            raise Unauthorized(
+                "JWT jku is not the key set registered for this issuer", expression="Authorization"
+            )
         key = client.key_for(header["kid"])
         try:
-            claims = jwt.decode(token, key=key.key, algorithms=[alg], audience=audience, issuer=client.iss,
-                                leeway=LEEWAY_S, options={"require": ["iss", "aud", "exp", "iat", "jti"]})
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=client.iss,
+                leeway=LEEWAY_S,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+            )
         except jwt.InvalidAudienceError as exc:
             raise Unauthorized(f"JWT aud must be {audience}", expression="Authorization") from exc
         except jwt.PyJWTError as exc:

@@ -38,8 +38,10 @@ def _authenticate(rt: Runtime, path: str) -> ClientIdentity:
 def _json_body():
     mimetype = request.mimetype
     if mimetype not in ("application/json", "application/fhir+json") and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {mimetype or 'nothing'}",
-                                   expression="Content-Type")
+        raise UnsupportedMediaType(
+            f"send JSON (Content-Type: application/json), not {mimetype or 'nothing'}",
+            expression="Content-Type",
+        )
     raw = request.get_data(cache=False)  # raises RequestEntityTooLarge over the limit
     try:
         return json.loads(raw)

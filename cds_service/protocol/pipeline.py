@@ -86,7 +86,11 @@ class HookRequest:
     def granted_access(self) -> dict:
         """What the EHR granted, for the record; never the token itself."""
         auth = self.fhir_authorization or {}
-        return {"scope": auth.get("scope"), "subject": auth.get("subject"), "expires_in": auth.get("expires_in")}
+        return {
+            "scope": auth.get("scope"),
+            "subject": auth.get("subject"),
+            "expires_in": auth.get("expires_in"),
+        }
 
 
 @dataclass
@@ -94,8 +98,8 @@ class HookCall:
     """One call as it moves through the stages; `DecisionRecord.from_call` reads it at the end."""
 
     service_id: str
-    candidates: dict[str, ServiceDefinition]     # the service's definitions per hook
-    body: Any                                    # the JSON body as received
+    candidates: dict[str, ServiceDefinition]  # the service's definitions per hook
+    body: Any  # the JSON body as received
     client: ClientIdentity
     decision_id: str
     recorded_at: str
@@ -110,16 +114,30 @@ class HookCall:
     results: list[RuleResult] = field(default_factory=list)
     issued: list[IssuedCard] = field(default_factory=list)
     rejected: list[RejectedCard] = field(default_factory=list)
-    cards: list[dict] = field(default_factory=list)   # the answer's cards
+    cards: list[dict] = field(default_factory=list)  # the answer's cards
     llm: dict | None = None
     error: CdsError | None = None
     status: int = 200
 
     @classmethod
-    def start(cls, service_id: str, candidates: dict[str, ServiceDefinition], body: Any, client: ClientIdentity,
-              today: date | None = None) -> "HookCall":
-        return cls(service_id, candidates, body, client, decision_id=str(uuid.uuid4()), recorded_at=utc_now(),
-                   watch=Stopwatch(), today=today)
+    def start(
+        cls,
+        service_id: str,
+        candidates: dict[str, ServiceDefinition],
+        body: Any,
+        client: ClientIdentity,
+        today: date | None = None,
+    ) -> "HookCall":
+        return cls(
+            service_id,
+            candidates,
+            body,
+            client,
+            decision_id=str(uuid.uuid4()),
+            recorded_at=utc_now(),
+            watch=Stopwatch(),
+            today=today,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,22 +149,32 @@ class HookAnswer:
 
 # -- stages ------------------------------------------------------------------------------------------
 
+
 def parse(call: HookCall) -> None:
-    """Envelope, then the service for its hook, then the hook's context; InvalidRequest names each bad field."""
+    """Envelope, then the service for its hook, then the hook's context; InvalidRequest names each bad
+    field."""
     if not isinstance(call.body, dict):
         raise InvalidRequest("the request body must be a JSON object", expression="body")
     envelope = load_or_400(_envelope_schema, call.body)
     hook = envelope["hook"]
     call.service = call.candidates.get(hook)
     if call.service is None:
-        raise InvalidRequest(f"service '{call.service_id}' answers {', '.join(sorted(call.candidates))}, "
-                             f"not {hook!r}", expression="hook")
+        raise InvalidRequest(
+            f"service '{call.service_id}' answers {', '.join(sorted(call.candidates))}, not {hook!r}",
+            expression="hook",
+        )
     schema = _context_schemas.get(hook)
     if schema is None:
         raise InvalidRequest(f"hook {hook!r} is not supported here", expression="hook")
     context = load_or_400(schema, envelope["context"], prefix="context")
-    call.request = HookRequest(hook, envelope["hookInstance"], context, envelope.get("fhirServer"),
-                               envelope.get("fhirAuthorization"), envelope.get("prefetch"))
+    call.request = HookRequest(
+        hook,
+        envelope["hookInstance"],
+        context,
+        envelope.get("fhirServer"),
+        envelope.get("fhirAuthorization"),
+        envelope.get("prefetch"),
+    )
     if hook == "order-sign":
         call.drafts = [e["resource"] for e in context["draftOrders"].get("entry") or []]
 
@@ -175,9 +203,14 @@ def check_data(call: HookCall, validator: ResourceValidator) -> None:
 
 def build_facts(call: HookCall, builder: FactsBuilder) -> None:
     unavailable = frozenset(call.service.resource_types[k] for k in call.prefetch.unavailable)
-    call.facts = builder.build([r for _, r in call.prefetch.resources()], patient_id=call.request.patient_id,
-                               draft_orders=call.drafts, user_id=call.request.user_id, unavailable=unavailable,
-                               today=call.today)
+    call.facts = builder.build(
+        [r for _, r in call.prefetch.resources()],
+        patient_id=call.request.patient_id,
+        draft_orders=call.drafts,
+        user_id=call.request.user_id,
+        unavailable=unavailable,
+        today=call.today,
+    )
 
 
 def run_rules(call: HookCall, terminology: Terminology) -> None:
@@ -192,7 +225,9 @@ def build_cards(call: HookCall) -> None:
 
 def reason(call: HookCall, reasoner: Reasoner) -> None:
     """LLM text under the response budget; never blocks or breaks the rule cards."""
-    enriched, call.llm = reasoner.enrich(call.service.llm_task, call.facts, call.cards, call.watch.start_monotonic)
+    enriched, call.llm = reasoner.enrich(
+        call.service.llm_task, call.facts, call.cards, call.watch.start_monotonic
+    )
     problems = [p for p in map(validate_card, enriched) if p is not None]
     if problems:  # keep the rule cards as they were
         call.llm["dropped"] = problems
@@ -201,6 +236,7 @@ def reason(call: HookCall, reasoner: Reasoner) -> None:
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
+
 
 @dataclass
 class HookPipeline:
@@ -242,8 +278,14 @@ class HookPipeline:
         record = DecisionRecord.from_call(call)
         self.decision_log.append(record)
         timings = record.data["timingsMs"]
-        log.info("decision %s service=%s status=%s cards=%d total_ms=%.1f", call.decision_id, call.service_id,
-                 call.status, len(call.cards) if call.error is None else 0, timings["total"])
+        log.info(
+            "decision %s service=%s status=%s cards=%d total_ms=%.1f",
+            call.decision_id,
+            call.service_id,
+            call.status,
+            len(call.cards) if call.error is None else 0,
+            timings["total"],
+        )
         if call.error is not None:
             raise call.error
         return HookAnswer({"cards": call.cards}, timings, call.decision_id)

@@ -8,10 +8,11 @@ pipeline (pipeline.py) over a typed `HookCall`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
@@ -38,12 +39,18 @@ class ServiceDefinition:
     rule_packs: tuple[str, ...]
     llm_task: str
     path: str
-    rules: tuple[Rule, ...] = ()                                     # its packs' rules for its hook
+    rules: tuple[Rule, ...] = ()  # its packs' rules for its hook
     resource_types: Mapping[str, str] = field(default_factory=dict)  # prefetch key -> resource type
 
     def discovery(self) -> dict:
-        out = {"hook": self.hook, "id": self.id, "title": self.title, "description": self.description,
-               "prefetch": {t.key: t.text for t in self.templates}, "version": SPEC_VERSION}
+        out = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": {t.key: t.text for t in self.templates},
+            "version": SPEC_VERSION,
+        }
         if self.usage_requirements:
             out["usageRequirements"] = self.usage_requirements
         return out
@@ -71,14 +78,21 @@ def load_service(path: Path, root: Path) -> ServiceDefinition:
     for i, template in enumerate(templates):
         for dep in template.depends_on:
             if dep not in keys[:i]:
-                raise ContentError(rel, f"prefetch.{template.key}",
-                                   f"%{dep} must name a prefetch key listed before this one")
-    return ServiceDefinition(id=data["id"], hook=data["hook"], title=data["title"],
-                             description=data["description"].strip(),
-                             usage_requirements=(data.get("usageRequirements") or "").strip() or None,
-                             templates=tuple(templates), rule_packs=tuple(data["rulePacks"]),
-                             llm_task=data.get("llm", "none"), path=rel,
-                             resource_types={t.key: _resource_type(t.text) for t in templates})
+                raise ContentError(
+                    rel, f"prefetch.{template.key}", f"%{dep} must name a prefetch key listed before this one"
+                )
+    return ServiceDefinition(
+        id=data["id"],
+        hook=data["hook"],
+        title=data["title"],
+        description=data["description"].strip(),
+        usage_requirements=(data.get("usageRequirements") or "").strip() or None,
+        templates=tuple(templates),
+        rule_packs=tuple(data["rulePacks"]),
+        llm_task=data.get("llm", "none"),
+        path=rel,
+        resource_types={t.key: _resource_type(t.text) for t in templates},
+    )
 
 
 def load_services(hooks_dir: Path, rulebook: Rulebook) -> list[ServiceDefinition]:
@@ -91,7 +105,9 @@ def load_services(hooks_dir: Path, rulebook: Rulebook) -> list[ServiceDefinition
     bound = []
     for service in services:
         if (service.id, service.hook) in seen:
-            raise ContentError(service.path, "id", f"service {service.id!r} is defined twice for {service.hook}")
+            raise ContentError(
+                service.path, "id", f"service {service.id!r} is defined twice for {service.hook}"
+            )
         seen[(service.id, service.hook)] = service.path
         for i, pack in enumerate(service.rule_packs):
             if pack not in packs:
@@ -103,9 +119,12 @@ def load_services(hooks_dir: Path, rulebook: Rulebook) -> list[ServiceDefinition
         for rule in rules:
             missing = rule.reads - fetched
             if missing:
-                raise ContentError(service.path, "prefetch",
-                                   f"rule {rule.id} ({rule.path}) reads {', '.join(sorted(missing))}, which no "
-                                   "prefetch template of this service fetches")
+                raise ContentError(
+                    service.path,
+                    "prefetch",
+                    f"rule {rule.id} ({rule.path}) reads {', '.join(sorted(missing))}, which no "
+                    "prefetch template of this service fetches",
+                )
         bound.append(replace(service, rules=rules))
     return bound
 
@@ -133,8 +152,9 @@ class ServiceRegistry:
             raise NotFound(f"no CDS Service with id '{service_id}'", expression="id")
         return hooks
 
-    def call(self, service_id: str, body: Any, client: "ClientIdentity", *,
-             today: date | None = None) -> "HookAnswer":
+    def call(
+        self, service_id: str, body: Any, client: "ClientIdentity", *, today: date | None = None
+    ) -> "HookAnswer":
         """One lookup, then the pipeline. Every call to an existing service is recorded, 4xx included."""
         from .pipeline import HookCall
 

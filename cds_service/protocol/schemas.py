@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 
-from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
 from ..errors import FieldErrors, InvalidRequest
 from ..indicators import INDICATORS
@@ -57,7 +66,7 @@ class FhirId(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
         if self.strip_type and text.startswith(self.strip_type + "/"):
-            text = text[len(self.strip_type) + 1:]  # documented normalisation: reference -> id
+            text = text[len(self.strip_type) + 1 :]  # documented normalisation: reference -> id
         if not FHIR_ID.match(text):
             raise self.make_error("invalid_id")
         return text
@@ -111,9 +120,14 @@ class PatientViewContextSchema(Schema):
     class Meta:
         unknown = INCLUDE  # later hook versions may add fields; prefetch tokens may read them
 
-    userId = fields.String(required=True, validate=validate.Regexp(
-        USER_REFERENCE, error="Must be a reference like Practitioner/123 (Practitioner, PractitionerRole, "
-                              "Patient or RelatedPerson)."))
+    userId = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            USER_REFERENCE,
+            error="Must be a reference like Practitioner/123 (Practitioner, PractitionerRole, "
+            "Patient or RelatedPerson).",
+        ),
+    )
     patientId = FhirId(required=True, strip_type="Patient")
     encounterId = FhirId(strip_type="Encounter")
 
@@ -152,8 +166,9 @@ class HookRequestSchema(Schema):
     @validates_schema
     def _envelope_rules(self, data, **kwargs):
         if data.get("fhirAuthorization") and not data.get("fhirServer"):
-            raise ValidationError("fhirServer is required when fhirAuthorization is given (cds-r-1).",
-                                  "fhirServer")
+            raise ValidationError(
+                "fhirServer is required when fhirAuthorization is given (cds-r-1).", "fhirServer"
+            )
         errors = {}
         for key, value in (data.get("prefetch") or {}).items():
             if value is not None and not isinstance(value, dict):
@@ -207,8 +222,9 @@ class ActionSchema(Schema):
         if data["type"] in ("create", "update") and not data.get("resource"):
             raise ValidationError("create/update actions carry the resource.", "resource")
         if data["type"] == "delete" and (not data.get("resourceId") or data.get("resource")):
-            raise ValidationError("delete actions name the resource in resourceId only (cds-resp-2).",
-                                  "resourceId")
+            raise ValidationError(
+                "delete actions name the resource in resourceId only (cds-resp-2).", "resourceId"
+            )
 
 
 class SuggestionSchema(Schema):
@@ -247,11 +263,14 @@ class CardSchema(Schema):
     @validates_schema(pass_original=True)
     def _card_rules(self, data, original, **kwargs):
         if data.get("suggestions") and not data.get("selectionBehavior"):
-            raise ValidationError("selectionBehavior is required when suggestions exist (cds-resp-6).",
-                                  "selectionBehavior")
+            raise ValidationError(
+                "selectionBehavior is required when suggestions exist (cds-resp-6).", "selectionBehavior"
+            )
         if data.get("selectionBehavior") == "at-most-one":
             if sum(1 for s in data.get("suggestions", []) if s.get("isRecommended")) > 1:
-                raise ValidationError("at most one suggestion may be recommended (cds-resp-1).", "suggestions")
+                raise ValidationError(
+                    "at most one suggestion may be recommended (cds-resp-1).", "suggestions"
+                )
         problems: list[str] = []
         _no_empty_values(original, "", problems)
         if problems:
@@ -320,16 +339,18 @@ class FeedbackEntrySchema(Schema):
     @validates_schema
     def _accepted_needs_suggestions(self, data, **kwargs):
         if data.get("outcome") == "accepted" and not data.get("acceptedSuggestions"):
-            raise ValidationError("acceptedSuggestions is required when outcome is accepted (cds-fb-2).",
-                                  "acceptedSuggestions")
+            raise ValidationError(
+                "acceptedSuggestions is required when outcome is accepted (cds-fb-2).", "acceptedSuggestions"
+            )
 
 
 class FeedbackRequestSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    feedback = fields.List(fields.Nested(FeedbackEntrySchema), required=True,
-                           validate=validate.Length(min=1, max=1000))
+    feedback = fields.List(
+        fields.Nested(FeedbackEntrySchema), required=True, validate=validate.Length(min=1, max=1000)
+    )
 
 
 class FeedbackResponseSchema(Schema):
@@ -347,4 +368,3 @@ class OperationOutcomeIssueSchema(Schema):
 class OperationOutcomeSchema(Schema):
     resourceType = fields.String(required=True, validate=validate.Equal("OperationOutcome"))
     issue = fields.List(fields.Nested(OperationOutcomeIssueSchema), required=True)
-

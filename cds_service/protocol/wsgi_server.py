@@ -23,16 +23,18 @@ class CdsGunicorn(BaseApplication):
 
 
 def run(host: str, port: int, workers: int, threads: int) -> None:
-    CdsGunicorn({
-        "bind": f"{host}:{port}",
-        "workers": workers,
-        "worker_class": "gthread",
-        "threads": threads,
-        "timeout": 60,
-        "graceful_timeout": 20,
-        "keepalive": 5,
-        "accesslog": "-",
-        # No query strings or bodies in the access log: paths here carry no patient data.
-        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
-        "preload_app": False,
-    }).run()
+    CdsGunicorn(
+        {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "worker_class": "gthread",
+            "threads": threads,
+            "timeout": 60,
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "accesslog": "-",
+            # No query strings or bodies in the access log: paths here carry no patient data.
+            "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+            "preload_app": False,
+        }
+    ).run()

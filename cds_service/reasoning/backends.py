@@ -57,8 +57,8 @@ class GenAiBackend:
     def generate(self, messages: list[dict], max_new_tokens: int) -> Generation:
         config = self._genai.GenerationConfig()
         config.max_new_tokens = max_new_tokens
-        config.do_sample = False            # greedy: the same facts give the same text
-        config.repetition_penalty = 1.1     # small models loop without it
+        config.do_sample = False  # greedy: the same facts give the same text
+        config.repetition_penalty = 1.1  # small models loop without it
         config.apply_chat_template = False  # applied below, once, with the model's own template
         prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         with self._lock:
@@ -77,7 +77,9 @@ class GenAiBackend:
 
 
 class RemoteBackend:
-    def __init__(self, url: str, model: str = "", timeout: float = 30.0, session: requests.Session | None = None):
+    def __init__(
+        self, url: str, model: str = "", timeout: float = 30.0, session: requests.Session | None = None
+    ):
         self.url = url.rstrip("/")
         self.model = model
         self.model_id = f"remote:{model or 'default'}@{self.url}"
@@ -98,5 +100,9 @@ class RemoteBackend:
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as exc:
             raise LlmError(f"LLM server error: {type(exc).__name__}") from exc
         usage = data.get("usage") or {}
-        return Generation(str(text).strip(), usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                          time.perf_counter() - started)
+        return Generation(
+            str(text).strip(),
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            time.perf_counter() - started,
+        )

