@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .indicators import INDICATORS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,7 +170,7 @@ def _filter_options(func):
             click.option("--until", help="Before this ISO date/time."),
             click.option(
                 "--indicator",
-                type=click.Choice(["info", "warning", "critical"]),
+                type=click.Choice(INDICATORS),
                 help="Highest card indicator shown.",
             ),
             click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000)),

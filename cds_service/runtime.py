@@ -83,10 +83,11 @@ class Runtime:
     _closers: list = field(default_factory=list, repr=False)
 
     @classmethod
-    def load(cls, settings: Settings, *, strict: bool = False) -> "Runtime":
+    def load(cls, settings: Settings, *, strict: bool = False, content: Content | None = None) -> "Runtime":
+        """Build everything `settings` names; `content` reuses content already loaded (it is read-only)."""
         rt = cls(settings, Storage.open(settings))
         try:
-            rt.content = Content.load(settings)
+            rt.content = content if content is not None else Content.load(settings)
         except ContentError as exc:
             if strict:
                 raise

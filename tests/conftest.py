@@ -9,6 +9,8 @@ from fhir_fake import FakeFhirServer
 from shared import bundled_content
 
 from cds_service.protocol.app import create_app
+from cds_service.runtime import Runtime
+from cds_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -34,7 +36,10 @@ def make_app(tmp_path):
 
     def factory(**overrides):
         config = {"CDS_DATA_DIR": str(tmp_path / "data"), "CDS_LLM": "off", **overrides}
-        app = create_app(config)
+        settings = Settings.load(config)
+        # Storage is per test (tmp_path); the shipped content is read-only, so it is loaded once per session.
+        shared = bundled_content() if "CDS_CONTENT_DIR" not in overrides else None
+        app = create_app(runtime=Runtime.load(settings, content=shared))
         app.testing = True
         apps.append(app)
         return app

@@ -205,6 +205,7 @@ def _concurrent_appends(url: str, processes: int = 4, each: int = 20) -> Decisio
     return DecisionLog(engine)
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_several_processes_keep_one_chain_sqlite(tmp_path):
     log = _concurrent_appends(f"sqlite:///{tmp_path / 'c.sqlite3'}")
     report = log.verify()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import builders
+import pytest
 import requests
 from test_serve import free_port, wait_ready
 
@@ -20,6 +21,7 @@ from cds_service.audit.storage import make_engine
 CASE = {"medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
 
 
+@pytest.mark.slow
 def test_sigkill_under_load_loses_no_acknowledged_decision(tmp_path):
     port = free_port()
     env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}

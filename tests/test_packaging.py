@@ -23,6 +23,7 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("cds_service-*.whl"))
 
 
+@pytest.mark.slow
 def test_wheel_contains_content_and_no_fhir_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "cds_service/_content/hooks/medication-order-check.yaml" in names
@@ -32,6 +33,7 @@ def test_wheel_contains_content_and_no_fhir_package(wheel):
     assert not any(n.startswith("fhir/") or n.startswith("hooks/") or n.startswith("rules/") for n in names)
 
 
+@pytest.mark.slow
 def test_installed_copy_loads_its_packaged_content(wheel, tmp_path):
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)

@@ -47,6 +47,7 @@ def terminology():
 # -- preparation ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prepare_writes_manifest_and_is_idempotent(tiny_model, tmp_path):
     manifest = tiny_model.manifest
     assert manifest["id"].startswith("tiny-llama@int8-") and manifest["weightFormat"] == "int8"
@@ -72,6 +73,7 @@ def _hf_of(prepared):
     return Path(prepared.manifest["source"]["path"])
 
 
+@pytest.mark.slow
 def test_an_exported_openvino_folder_is_a_source_too(tiny_model, tmp_path):
     copied = prepare(tmp_path / "copy", source=tiny_model.path, name="tiny-copy", progress=False)
     assert copied.manifest["source"]["kind"] == "openvino"
@@ -85,6 +87,7 @@ def test_an_exported_openvino_folder_is_a_source_too(tiny_model, tmp_path):
 # -- generation ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_genai_backend_generates_bounded_text(tiny_model):
     backend = GenAiBackend(tiny_model.path)
     assert backend.model_id == tiny_model.model_id
@@ -289,6 +292,7 @@ def test_embedded_without_a_prepared_model_still_serves_rule_cards(make_app, tmp
     assert app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE)).status_code == 200
 
 
+@pytest.mark.slow
 def test_embedded_tiny_model_end_to_end(make_app, tiny_model):
     app = make_app(CDS_LLM="embedded", CDS_MODEL_DIR=str(tiny_model.path), CDS_RESPONSE_BUDGET_MS="20000")
     rt = app.extensions["cds_runtime"]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import builders
+import pytest
 import requests
 
 
@@ -31,6 +32,7 @@ def wait_ready(base: str, seconds: float = 60) -> None:
     raise AssertionError("server did not become ready")
 
 
+@pytest.mark.slow
 def test_serve_with_two_workers(tmp_path):
     port = free_port()
     env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}
