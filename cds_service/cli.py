@@ -59,9 +59,13 @@ def _storage():
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the service under gunicorn (the production WSGI server)."""
     from .protocol.wsgi_server import run
+    from .runtime import Storage
 
     settings = _settings()
     _content_or_exit(settings, 2)  # fail before forking workers if content is broken
+    # Create the tables once, here, before the workers fork: workers creating them at the same time on an
+    # empty SQLite file race ("table already exists" / "database is locked") and one fails to boot.
+    Storage.open(settings).close()
     base = f"http://{host}:{port}"
     click.echo(f"CDS Hooks discovery:  {base}/cds-services")
     click.echo(f"OpenAPI document:     {base}/openapi.json")

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from sqlalchemy.engine import Engine
 
 from .audit.auditors import AuditorTokens
@@ -80,7 +81,8 @@ class Runtime:
     reasoner: Reasoner | None = None
     llm_status: str = "off"
     problems: list[str] = field(default_factory=list)
-    _closers: list = field(default_factory=list, repr=False)
+    session: requests.Session | None = None  # pooled connections to FHIR servers
+    executor: ThreadPoolExecutor | None = None  # parallel prefetch fetches
 
     @classmethod
     def load(cls, settings: Settings, *, strict: bool = False, content: Content | None = None) -> "Runtime":
@@ -102,8 +104,8 @@ class Runtime:
         rt.auditors = AuditorTokens(settings.audit_tokens)
         if rt.content is not None:
             rt.reasoner, rt.llm_status = _build_reasoner(settings, rt.storage.engine, rt.content.terminology)
-            session = new_session()
-            executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-fetch")
+            rt.session = session = new_session()
+            rt.executor = executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cds-fetch")
             fhir = FhirAccess(
                 session,
                 ServerAllowlist(settings.fhir_allowed_servers),
@@ -124,7 +126,6 @@ class Runtime:
                 rt.reasoner,
             )
             rt.registry = ServiceRegistry(rt.content.services, pipeline)
-            rt._closers += [lambda: executor.shutdown(wait=False, cancel_futures=True), session.close]
         return rt
 
     def readiness(self) -> dict:
@@ -144,8 +145,10 @@ class Runtime:
     def close(self) -> None:
         if self.reasoner is not None:
             self.reasoner.close()
-        for close in self._closers:
-            close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.session is not None:
+            self.session.close()
         self.storage.close()
 
 

@@ -133,11 +133,9 @@ class DecisionRecord:
 
 
 def _rules(call: "HookCall") -> list[dict]:
-    shown: dict[str, list[str]] = {}
-    answered = {c["uuid"] for c in call.cards}
+    shown: dict[str, list[str]] = {}  # the LLM may edit a card's text, never its uuid
     for issued in call.issued:
-        if issued.card["uuid"] in answered:
-            shown.setdefault(issued.finding.rule.key, []).append(issued.card["uuid"])
+        shown.setdefault(issued.finding.rule.key, []).append(issued.card["uuid"])
     out = []
     for r in call.results:
         entry: dict[str, Any] = {

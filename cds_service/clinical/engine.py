@@ -9,7 +9,7 @@ card; `retired` rules are never evaluated; `draft` rules run only in rule tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,7 +234,7 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
 
 
 def evaluate(
-    rules: list[Rule],
+    rules: Sequence[Rule],
     facts: Facts,
     terminology: Terminology,
     statuses: tuple[str, ...] = ("active", "shadow"),

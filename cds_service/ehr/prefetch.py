@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -161,12 +161,11 @@ def _as_provided(key: str, value: dict | None) -> tuple[PrefetchItem | None, dic
 
 
 def resolve(
-    templates: list[PrefetchTemplate],
+    templates: Sequence[PrefetchTemplate],
     context: dict,
     provided: dict | None,
     client: FhirClient | None,
     executor: Executor | None = None,
-    no_client_reason: str = "the request has no fhirServer",
 ) -> PrefetchResult:
     """Resolve every template of a service. Raises PrefetchUnavailable (412) naming every key that
     could not be had under policy ``fail``."""
@@ -214,7 +213,7 @@ def resolve(
                     items[template.key] = PrefetchItem(template.key, Origin.NOT_APPLICABLE)
                     continue
             if client is None:
-                unavailable(template, no_client_reason)
+                unavailable(template, "the request has no fhirServer")
                 continue
             if not client.allowed:
                 unavailable(template, "fhirServer is not in CDS_FHIR_ALLOWED_SERVERS; no request was sent")

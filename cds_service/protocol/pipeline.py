@@ -163,10 +163,8 @@ def parse(call: HookCall) -> None:
             f"service '{call.service_id}' answers {', '.join(sorted(call.candidates))}, not {hook!r}",
             expression="hook",
         )
-    schema = _context_schemas.get(hook)
-    if schema is None:
-        raise InvalidRequest(f"hook {hook!r} is not supported here", expression="hook")
-    context = load_or_400(schema, envelope["context"], prefix="context")
+    # service definitions only name hooks that have a context schema (service.schema.json)
+    context = load_or_400(_context_schemas[hook], envelope["context"], prefix="context")
     call.request = HookRequest(
         hook,
         envelope["hookInstance"],
@@ -179,24 +177,26 @@ def parse(call: HookCall) -> None:
         call.drafts = [e["resource"] for e in context["draftOrders"].get("entry") or []]
 
 
+def _located_drafts(call: HookCall) -> list[tuple[str, dict]]:
+    return [(f"context.draftOrders.entry[{i}].resource", r) for i, r in enumerate(call.drafts)]
+
+
 def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
     """The orders being signed are the EHR's own request: checked before any data is fetched for them."""
-    located = [(f"context.draftOrders.entry[{i}].resource", r) for i, r in enumerate(call.drafts)]
-    call.hashes.update(validator.check(located))
+    call.hashes.update(validator.check(_located_drafts(call)))
 
 
 def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
     """The prefetch as sent, the rest fetched from the EHR's FHIR server (prefetch.py)."""
     request = call.request
     client = fhir.client(request.fhir_server, request.access_token)
-    call.prefetch = resolve(list(call.service.templates), request.context, request.prefetch, client, executor)
+    call.prefetch = resolve(call.service.templates, request.context, request.prefetch, client, executor)
 
 
 def check_data(call: HookCall, validator: ResourceValidator) -> None:
     located = [(f"prefetch.{key}", r) for key, r in call.prefetch.resources()]
     call.hashes.update(validator.check(located))
-    drafts = [(f"context.draftOrders.entry[{i}].resource", r) for i, r in enumerate(call.drafts)]
-    wrong_patient = check_patient_consistency(located + drafts, call.request.patient_id)
+    wrong_patient = check_patient_consistency(located + _located_drafts(call), call.request.patient_id)
     if wrong_patient:
         raise InvalidRequest(wrong_patient[0].diagnostics, issues=wrong_patient)
 
@@ -214,7 +214,7 @@ def build_facts(call: HookCall, builder: FactsBuilder) -> None:
 
 
 def run_rules(call: HookCall, terminology: Terminology) -> None:
-    call.results = evaluate(list(call.service.rules), call.facts, terminology)
+    call.results = evaluate(call.service.rules, call.facts, terminology)
 
 
 def build_cards(call: HookCall) -> None:
@@ -249,6 +249,16 @@ class HookPipeline:
     terminology: Terminology
     decision_log: DecisionLog
     reasoner: Reasoner | None = None
+
+    def call(
+        self,
+        service_id: str,
+        candidates: dict[str, ServiceDefinition],
+        body: Any,
+        client: ClientIdentity,
+        today: date | None = None,
+    ) -> HookAnswer:
+        return self.run(HookCall.start(service_id, candidates, body, client, today))
 
     def run(self, call: HookCall) -> HookAnswer:
         lap = call.watch.lap  # Server-Timing names

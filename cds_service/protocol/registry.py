@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,11 @@ class ServiceDefinition:
         return out
 
 
+@lru_cache(maxsize=1)
+def _service_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(bundled_schema("service.schema.json"))
+
+
 def _resource_type(template_text: str) -> str:
     return template_text.split("?", 1)[0].split("/", 1)[0].strip()
 
@@ -63,7 +69,7 @@ def _resource_type(template_text: str) -> str:
 def load_service(path: Path, root: Path) -> ServiceDefinition:
     rel = relative_name(path, root)
     data = read_yaml(path, rel)
-    check_schema(jsonschema.Draft202012Validator(bundled_schema("service.schema.json")), data, rel)
+    check_schema(_service_validator(), data, rel)
     policies = data.get("onPrefetchUnavailable") or {}
     for key in policies:
         if key not in data["prefetch"]:
@@ -101,14 +107,14 @@ def load_services(hooks_dir: Path, rulebook: Rulebook) -> list[ServiceDefinition
         raise ContentError(str(hooks_dir), "", "hooks folder not found")
     services = [load_service(p, hooks_dir) for p in sorted(hooks_dir.glob("*.yaml"))]
     packs = set(rulebook.packs)
-    seen: dict[tuple[str, str], str] = {}
+    seen: set[tuple[str, str]] = set()
     bound = []
     for service in services:
         if (service.id, service.hook) in seen:
             raise ContentError(
                 service.path, "id", f"service {service.id!r} is defined twice for {service.hook}"
             )
-        seen[(service.id, service.hook)] = service.path
+        seen.add((service.id, service.hook))
         for i, pack in enumerate(service.rule_packs):
             if pack not in packs:
                 raise ContentError(service.path, f"rulePacks[{i}]", f"no rule pack {pack!r} under rules/")
@@ -156,6 +162,4 @@ class ServiceRegistry:
         self, service_id: str, body: Any, client: "ClientIdentity", *, today: date | None = None
     ) -> "HookAnswer":
         """One lookup, then the pipeline. Every call to an existing service is recorded, 4xx included."""
-        from .pipeline import HookCall
-
-        return self.pipeline.run(HookCall.start(service_id, self.by_hook(service_id), body, client, today))
+        return self.pipeline.call(service_id, self.by_hook(service_id), body, client, today)
