@@ -71,7 +71,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     click.echo(f"OpenAPI document:     {base}/openapi.json")
     click.echo(f"Health / readiness:   {base}/healthz  {base}/readyz")
     click.echo(f"Decision log:         {settings.decision_log_url.split('@')[-1]}")
-    run(host, port, workers, threads)
+    run(host, port, workers, threads, read_timeout=settings.request_read_timeout)
 
 
 @main.group()
@@ -177,7 +177,12 @@ def _filter_options(func):
                 type=click.Choice(INDICATORS),
                 help="Highest card indicator shown.",
             ),
-            click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000)),
+            click.option(
+                "--limit", type=click.IntRange(1), help="At most this many (default: every match, streamed)."
+            ),
+            click.option(
+                "--after", type=click.IntRange(0), help="Continue after this seq (a cut result's hint)."
+            ),
         ]
     ):
         func = option(func)
@@ -190,34 +195,75 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check the whole hash chain; name the first bad record after any edit, deletion or reordering."""
+@click.option(
+    "--expect-head",
+    "expect",
+    multiple=True,
+    metavar="CHAIN:SEQ:HASH",
+    help="A head printed by an earlier verify and kept outside the database: the chain must still pass "
+    "through it (repeatable, one per chain).",
+)
+def audit_verify(expect: tuple[str, ...]) -> None:
+    """Check decisions, card index, rule outcomes, feedback and cached LLM text; name each bad row."""
+    from .audit.chain import ExpectedHead
+
+    try:
+        expected = [ExpectedHead.parse(e) for e in expect]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expect-head") from exc
     _, storage = _storage()
-    report = storage.decision_log.verify()
+    report = storage.decision_log.verify(expect=expected)
+    counts = ", ".join(f"{n} {table}" for table, n in report.counts.items())
     if report.ok:
-        click.echo(f"ok: {report.checked} records, chain head {report.head_hash or '(empty)'}")
+        click.echo(f"ok: {report.checked} records verified ({counts})")
+        if report.heads:
+            click.echo(
+                "heads (keep outside the database; check later with --expect-head): "
+                + " ".join(report.heads.values())
+            )
         return
-    click.echo(
-        f"BROKEN at seq {report.first_bad_seq} (decision {report.first_bad_id or '?'}): {report.problem}; "
-        f"{report.checked} records before it verified",
-        err=True,
-    )
+    for problem in report.problems:
+        click.echo(f"BROKEN {problem}", err=True)
+    more = " (more not listed)" if report.truncated else ""
+    n = len(report.problems)
+    click.echo(f"{n} problem{'' if n == 1 else 's'}{more}; rows walked: {counts}", err=True)
     sys.exit(1)
+
+
+def _open_stream(storage, filters: dict):
+    from .audit.query import DecisionFilter, FilterError, Stream
+
+    try:
+        return Stream(storage.engine, DecisionFilter(**filters))
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
+
+
+def _say_what_was_cut(stream, verb: str, where: str = "") -> None:
+    """Never a silent cut: when --limit stopped the stream, say how many more match and how to go on."""
+    rest = (
+        stream.remaining() if stream.filter.limit is not None and stream.written == stream.filter.limit else 0
+    )
+    if rest:
+        click.echo(
+            f"{verb} {stream.written} of {stream.written + rest} matching decisions{where}; "
+            f"--limit cut the rest (continue with --after {stream.last_seq})",
+            err=True,
+        )
+    else:
+        click.echo(f"{verb} {stream.written} decisions{where} (all that match)", err=True)
 
 
 @audit.command("query")
 @_filter_options
 @click.option("--full", is_flag=True, help="Print whole records as JSON lines.")
 def audit_query(full: bool, **filters) -> None:
-    """List decisions by patient, user, service, rule, time range or indicator."""
-    from .audit.query import DecisionFilter, FilterError, query, summary_row
+    """List decisions by patient, user, service, rule, time range or indicator (every match, in order)."""
+    from .audit.query import summary_row
 
     _, storage = _storage()
-    try:
-        records = query(storage.engine, DecisionFilter(**filters))
-    except FilterError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
-    for record in records:
+    stream = _open_stream(storage, filters)
+    for record in stream:
         if full:
             click.echo(json.dumps(record, sort_keys=True))
         else:
@@ -227,7 +273,7 @@ def audit_query(full: bool, **filters) -> None:
                 f"{row['patient'] or '-':<28} {row['user'] or '-':<28} cards={row['cards']} "
                 f"{','.join(row['indicators']) or '-'} {','.join(row['rulesFired'])}"
             )
-    click.echo(f"{len(records)} decisions", err=True)
+    _say_what_was_cut(stream, "listed")
 
 
 @audit.command("export")
@@ -235,25 +281,20 @@ def audit_query(full: bool, **filters) -> None:
 @click.option("--format", "fmt", type=click.Choice(["fhir", "jsonl"]), default="fhir", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
 def audit_export(fmt: str, output: Path | None, **filters) -> None:
-    """Export as a FHIR R4 Bundle of AuditEvent (+ Provenance for LLM text), or as JSON lines."""
-    from .audit.export import export_bundle
-    from .audit.query import DecisionFilter, FilterError, query
+    """Export as a FHIR R4 Bundle of AuditEvent (+ Provenance for LLM text), or as JSON lines: every
+    matching record, streamed in batches (constant memory)."""
+    from .audit.export import bundle_chunks, jsonl_chunks
 
     _, storage = _storage()
-    try:
-        records = query(storage.engine, DecisionFilter(**filters))
-    except FilterError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
-    text = (
-        json.dumps(export_bundle(records), indent=1)
-        if fmt == "fhir"
-        else "\n".join(json.dumps(r, sort_keys=True) for r in records)
-    )
+    stream = _open_stream(storage, filters)
+    chunks = bundle_chunks(stream) if fmt == "fhir" else jsonl_chunks(stream)
     if output:
-        output.write_text(text + "\n")
-        click.echo(f"wrote {len(records)} decisions to {output}", err=True)
+        with output.open("w", encoding="utf-8") as handle:
+            handle.writelines(chunks)
     else:
-        click.echo(text)
+        for chunk in chunks:
+            click.echo(chunk, nl=False)
+    _say_what_was_cut(stream, "wrote", f" to {output}" if output else "")
 
 
 @audit.command("purge")

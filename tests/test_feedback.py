@@ -77,6 +77,31 @@ def test_same_report_twice_is_one_record(app):
     assert len(_rows(app)) == 1
 
 
+def test_feedback_is_a_hash_chain_that_verify_checks(app):
+    client = app.test_client()
+    card = _card(client)
+    for minute in range(3):
+        entry = {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": f"2026-11-26T10:0{minute}:00Z",
+            "overrideReason": {"userComment": "n/a"},
+        }
+        client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [entry, entry]})  # one is a repeat
+    rows = sorted(_rows(app), key=lambda r: r["seq"])
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    assert rows[0]["prev_hash"] == "0" * 64 and rows[1]["prev_hash"] == rows[0]["hash"]
+    log = app.extensions["cds_runtime"].storage.decision_log
+    report = log.verify()
+    assert report.ok and report.counts["feedback"] == 3 and report.heads["feedback"].startswith("feedback:3:")
+    with log.engine.begin() as conn:
+        conn.execute(
+            feedback.update().where(feedback.c.seq == 2).values(outcome_timestamp="2026-01-01T00:00:00Z")
+        )
+    broken = log.verify()
+    assert not broken.ok and str(broken.problems[0]).startswith("feedback seq 2 ")
+
+
 def test_urn_uuid_prefix_is_the_same_card(app):
     client = app.test_client()
     card = _card(client)

@@ -1,12 +1,16 @@
 """Export of the decision log as FHIR R4: a Bundle of AuditEvent resources (one per decision: who
 called, for which patient, which data by reference and hash, which rules, which cards, the chain hash),
 plus a Provenance for each LLM text the decision showed (agent = the model id, source = the prompt hash).
+
+The Bundle and the JSON lines are written as a stream of text chunks, one entry at a time, so an export
+of any size runs in constant memory (records come from query.Stream in batches).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 from .. import __version__
@@ -210,14 +214,41 @@ def provenances(record: dict) -> list[dict]:
     return out
 
 
-def export_bundle(records: list[dict]) -> dict:
-    entries = []
-    for record in records:
-        entries.append({"fullUrl": f"urn:uuid:{record['id']}", "resource": audit_event(record)})
-        entries += [{"resource": prov} for prov in provenances(record)]
+def bundle_entries(record: dict) -> list[dict]:
+    return [{"fullUrl": f"urn:uuid:{record['id']}", "resource": audit_event(record)}] + [
+        {"resource": prov} for prov in provenances(record)
+    ]
+
+
+def export_bundle(records: Iterable[dict]) -> dict:
     return {
         "resourceType": "Bundle",
         "type": "collection",
         "timestamp": datetime.now(UTC).isoformat(),
-        "entry": entries,
+        "entry": [entry for record in records for entry in bundle_entries(record)],
     }
+
+
+def bundle_chunks(records: Iterable[dict], links: Callable[[], list[dict]] | None = None) -> Iterator[str]:
+    """The same Bundle as `export_bundle`, as text, one entry per line. `links` is called after the last
+    record (a `next` link when a limit cut the export)."""
+    yield (
+        '{"resourceType":"Bundle","type":"collection","timestamp":'
+        + json.dumps(datetime.now(UTC).isoformat())
+    )
+    separator = ',"entry":[\n'  # FHIR JSON has no empty arrays: "entry" appears with the first entry
+    for record in records:
+        for entry in bundle_entries(record):
+            yield separator + json.dumps(entry, separators=(",", ":"))
+            separator = ",\n"
+    if separator == ",\n":
+        yield "\n]"
+    extra = links() if links else []
+    if extra:
+        yield ',"link":' + json.dumps(extra)
+    yield "}\n"
+
+
+def jsonl_chunks(records: Iterable[dict]) -> Iterator[str]:
+    for record in records:
+        yield json.dumps(record, sort_keys=True) + "\n"

@@ -3,6 +3,8 @@
 The same report sent twice is one record: its dedupe key hashes (service, card, outcome, timestamp,
 accepted suggestions, override reason). Each record is linked to the decision and to the rule id and
 version that produced the card (through the card index), which is what the PDCA review reads.
+Feedback cannot be re-derived from the decision log, so it is a hash chain of its own (audit/chain.py),
+appended under the same database-wide write lock as decisions and checked by `audit verify`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from sqlalchemy.engine import Engine
 
 from ..canonical import canonical_json, sha256_hex, utc_now
 from ..errors import InvalidRequest, Issue
-from .storage import cards, dialect_insert, feedback
+from .chain import FEEDBACK_CHAIN, append_row
+from .storage import cards, feedback, write_transaction
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class FeedbackStore:
         """Store validated entries (FeedbackEntrySchema). A card issued by another service is refused
         (400 naming the entry); a card we have no record of is stored unlinked, never dropped."""
         received_at = utc_now()
-        with self.engine.begin() as conn:
+        # The write lock serialises the chain and makes the dedupe check race-free across processes.
+        with write_transaction(self.engine) as conn:
             uuids = [e["card"] for e in entries]
             known = {
                 row.card_uuid: row for row in conn.execute(select(cards).where(cards.c.card_uuid.in_(uuids)))
@@ -64,33 +68,34 @@ class FeedbackStore:
             ]
             if issues:
                 raise InvalidRequest(issues[0].diagnostics, issues=issues)
-            insert = dialect_insert(conn)
             recorded = 0
             for entry in entries:
+                key = dedupe_key(service_id, entry)
+                if conn.execute(select(feedback.c.id).where(feedback.c.dedupe_key == key)).first():
+                    continue
                 card = known.get(entry["card"])
                 reason = (entry.get("overrideReason") or {}).get("reason") or {}
-                stmt = (
-                    insert(feedback)
-                    .values(
-                        dedupe_key=dedupe_key(service_id, entry),
-                        service_id=service_id,
-                        card_uuid=entry["card"],
-                        outcome=entry["outcome"],
-                        accepted_suggestions=json.dumps(
+                append_row(
+                    conn,
+                    FEEDBACK_CHAIN,
+                    {
+                        "dedupe_key": key,
+                        "service_id": service_id,
+                        "card_uuid": entry["card"],
+                        "outcome": entry["outcome"],
+                        "accepted_suggestions": json.dumps(
                             [s["id"] for s in entry.get("acceptedSuggestions") or []]
                         ),
-                        override_system=reason.get("system"),
-                        override_code=reason.get("code"),
-                        override_display=reason.get("display"),
-                        user_comment=(entry.get("overrideReason") or {}).get("userComment"),
-                        outcome_timestamp=_timestamp(entry["outcomeTimestamp"]),
-                        received_at=received_at,
-                        decision_id=card.decision_id if card else None,
-                        rule_id=card.rule_id if card else None,
-                        rule_version=card.rule_version if card else None,
-                    )
-                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                    .returning(feedback.c.id)
+                        "override_system": reason.get("system"),
+                        "override_code": reason.get("code"),
+                        "override_display": reason.get("display"),
+                        "user_comment": (entry.get("overrideReason") or {}).get("userComment"),
+                        "outcome_timestamp": _timestamp(entry["outcomeTimestamp"]),
+                        "received_at": received_at,
+                        "decision_id": card.decision_id if card else None,
+                        "rule_id": card.rule_id if card else None,
+                        "rule_version": card.rule_version if card else None,
+                    },
                 )
-                recorded += len(conn.execute(stmt).all())  # rowcount is not portable for upserts
+                recorded += 1
         return FeedbackResult(len(entries), recorded)

@@ -1,18 +1,25 @@
 """Auditor queries over the decision log: by patient, user, service, rule (decisions in which it fired),
 time range and highest card indicator; whole records, in chain order.
+
+Nothing is cut silently: `stream` reads every matching record in batches by seq (constant memory) and,
+when a limit stops it early, says how many more match; `page` answers one page and the seq to continue
+after.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from ..indicators import INDICATORS
 from .storage import decisions, rule_outcomes
+
+BATCH = 500  # records read per query while streaming
 
 
 class FilterError(ValueError):
@@ -32,10 +39,10 @@ class DecisionFilter:
     since: str | None = None  # ISO date or datetime, inclusive
     until: str | None = None  # exclusive
     indicator: str | None = None  # highest indicator among the cards shown
-    limit: int = 100
-    offset: int = 0
+    limit: int | None = None  # at most this many records (None: all that match)
+    after: int | None = None  # continue after this seq (the continuation a cut result gives)
 
-    def validate(self) -> "DecisionFilter":
+    def validate(self, max_limit: int | None = None) -> "DecisionFilter":
         for name in ("since", "until"):
             value = getattr(self, name)
             if value:
@@ -45,15 +52,17 @@ class DecisionFilter:
                     raise FilterError(name, f"not an ISO 8601 date/time: {value!r}") from exc
         if self.indicator and self.indicator not in INDICATORS:
             raise FilterError("indicator", f"one of {', '.join(INDICATORS)}")
-        if not 1 <= self.limit <= 10_000:
-            raise FilterError("limit", "1..10000")
-        if self.offset < 0:
-            raise FilterError("offset", ">= 0")
+        if self.limit is not None and not 1 <= self.limit <= (max_limit or self.limit):
+            raise FilterError("limit", f"1..{max_limit}" if max_limit else ">= 1")
+        if self.after is not None and self.after < 0:
+            raise FilterError("after", ">= 0 (a seq)")
         return self
 
 
-def _statement(f: DecisionFilter):
-    stmt = select(decisions).order_by(decisions.c.seq)
+def _statement(f: DecisionFilter, columns=(decisions,)):
+    stmt = select(*columns)
+    if f.after is not None:
+        stmt = stmt.where(decisions.c.seq > f.after)
     if f.patient:
         stmt = stmt.where(
             decisions.c.patient_ref == (f.patient if "/" in f.patient else f"Patient/{f.patient}")
@@ -73,14 +82,72 @@ def _statement(f: DecisionFilter):
             rule_outcomes.c.rule_id == f.rule, rule_outcomes.c.outcome == "fired"
         )
         stmt = stmt.where(decisions.c.id.in_(fired))
-    return stmt.limit(f.limit).offset(f.offset)
+    return stmt
+
+
+def _record(row) -> dict:
+    return dict(json.loads(row["record"]), hash=row["hash"])
+
+
+class Stream:
+    """Every record matching the filter as of the moment it was opened, in chain order, read in batches.
+    After iterating: `written`, `last_seq`, and `remaining()` (what a limit left out)."""
+
+    def __init__(self, engine: Engine, f: DecisionFilter, batch: int = BATCH):
+        self.engine, self.filter, self.batch = engine, f.validate(), batch
+        with engine.connect() as conn:  # records appended while streaming are left for the next export
+            self.upto = conn.execute(select(func.max(decisions.c.seq))).scalar_one() or 0
+        self.written = 0
+        self.last_seq: int | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        f, after = self.filter, self.filter.after
+        while f.limit is None or self.written < f.limit:
+            size = self.batch if f.limit is None else min(self.batch, f.limit - self.written)
+            stmt = (
+                _statement(replace(f, after=after))
+                .where(decisions.c.seq <= self.upto)
+                .order_by(decisions.c.seq)
+                .limit(size)
+            )
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).mappings().all()
+            for row in rows:
+                self.written += 1
+                self.last_seq = after = row["seq"]
+                yield _record(row)
+            if len(rows) < size:
+                return
+
+    def remaining(self) -> int:
+        """Matching records after the last one written (0 when the stream ran to the end)."""
+        f = replace(self.filter, after=self.last_seq if self.last_seq is not None else self.filter.after)
+        stmt = _statement(f, (func.count(),)).where(decisions.c.seq <= self.upto)
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict]
+    more: bool  # more records match after this page
+    next_after: int | None  # pass as `after` to continue
+
+
+def page(engine: Engine, f: DecisionFilter, max_limit: int = 1000) -> Page:
+    """One page of at most `f.limit` records (default 100), and whether more match."""
+    f = replace(f, limit=f.limit or 100).validate(max_limit)
+    stmt = _statement(f).order_by(decisions.c.seq).limit(f.limit + 1)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).mappings().all()
+    more = len(rows) > f.limit
+    rows = rows[: f.limit]
+    return Page([_record(r) for r in rows], more, rows[-1]["seq"] if more else None)
 
 
 def query(engine: Engine, f: DecisionFilter) -> list[dict]:
-    """Full decision records (as stored, hash-chain fields included)."""
-    with engine.connect() as conn:
-        rows = conn.execute(_statement(f.validate())).mappings().all()
-    return [dict(json.loads(r["record"]), hash=r["hash"]) for r in rows]
+    """Full decision records (as stored, hash-chain fields included): every match unless `f.limit`."""
+    return list(Stream(engine, f))
 
 
 def summary_row(record: dict) -> dict:

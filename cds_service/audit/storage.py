@@ -59,9 +59,11 @@ chain_anchor = Table(
     Column("hash", String(64), nullable=False),
     Column("purged_at", String(32), nullable=False),
     Column("purged_count", Integer, nullable=False),
+    Column("chain", String(32)),  # decisions (also when NULL) | llm_outputs (audit/chain.py)
 )
 
-# The newest record's seq and hash, updated with every append: truncating the tail is detectable.
+# The newest record's seq and hash per chain (id: audit/chain.py), updated with every append: truncating
+# the tail is detectable.
 chain_head = Table(
     "chain_head",
     metadata,
@@ -113,6 +115,10 @@ feedback = Table(
     Column("decision_id", String(36)),
     Column("rule_id", String(96), index=True),
     Column("rule_version", String(160)),
+    # Feedback is not derivable from decisions: its own hash chain (audit/chain.py), appended under the lock.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), unique=True),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
 )
 
 # LLM text by prompt: shared by every worker, so text finished after one call's deadline shows on the next.
@@ -127,6 +133,20 @@ llm_outputs = Table(
     Column("accepted", Integer, nullable=False),
     Column("reasons", Text),  # JSON list
     Column("generation_ms", Integer),
+    # Chained like feedback, and each row's hash re-checked before its text is served (reasoning/cache.py).
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), unique=True),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
+)
+
+# JWT jtis already used (protocol/replay.py): the unique key makes first use atomic across workers and
+# instances; rows are purged once expired.
+jwt_replay = Table(
+    "jwt_replay",
+    metadata,
+    Column("key", String(64), primary_key=True),  # sha256(issuer, jti)
+    Column("issuer", Text, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),  # Unix seconds
 )
 
 APPEND_LOCK_KEY = 0x434453  # PostgreSQL advisory lock id for chain appends ("CDS")
