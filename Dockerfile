@@ -13,7 +13,7 @@ COPY fhir ./fhir
 RUN useradd --create-home --uid 10001 cds
 
 FROM base AS serve
-RUN pip install --no-cache-dir '.[postgres]'
+RUN pip install --no-cache-dir '.[postgres,redis]'
 USER cds
 EXPOSE 8080
 CMD ["cds-service", "serve", "--host", "0.0.0.0", "--port", "8080", "--workers", "4"]

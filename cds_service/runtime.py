@@ -27,7 +27,9 @@ from .ehr.validation import ResourceValidator
 from .errors import ContentError
 from .protocol.client_auth import ClientAuthenticator, load_clients
 from .protocol.pipeline import HookPipeline
+from .protocol.rate_limit import RateLimiter
 from .protocol.registry import ServiceDefinition, ServiceRegistry, load_services
+from .protocol.replay import open_replay_cache
 from .reasoning.reasoner import Reasoner
 from .settings import Settings
 
@@ -77,6 +79,7 @@ class Runtime:
     content: Content | None = None
     registry: ServiceRegistry | None = None
     authenticator: ClientAuthenticator = field(default_factory=lambda: ClientAuthenticator({}))
+    rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     auditors: AuditorTokens = field(default_factory=lambda: AuditorTokens(""))
     reasoner: Reasoner | None = None
     llm_status: str = "off"
@@ -95,7 +98,10 @@ class Runtime:
                 raise
             rt.problems.append(f"content: {exc}")
             log.error("content not loaded: %s", exc)
-        rt.authenticator = ClientAuthenticator(load_clients(settings.clients) if settings.clients else {})
+        if settings.clients:
+            replay = open_replay_cache(settings.redis_url, rt.storage.engine)
+            rt.authenticator = ClientAuthenticator(load_clients(settings.clients), replay)
+        rt.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
         if not rt.authenticator.enabled:
             log.warning(
                 "CDS_CLIENTS is not set: CDS clients are NOT authenticated (fine for a local sandbox, "
@@ -114,6 +120,7 @@ class Runtime:
                     settings.fhir_read_timeout,
                     settings.fhir_max_pages,
                     settings.fhir_max_response_bytes,
+                    deadline=settings.fhir_deadline_ms / 1000,
                 ),
             )
             pipeline = HookPipeline(

@@ -41,8 +41,14 @@ class Settings(BaseSettings):
     fhir_read_timeout: float = 5.0
     fhir_max_pages: int = 10
     fhir_max_response_bytes: int = 20_000_000
+    # All of one call's FHIR access (every key, page and parallel fetch) ends within this; each request's
+    # timeouts are cut to what is left. Da Vinci CRD allows 5 s at p90 for a whole response: 3 s for data
+    # leaves room for the rest, and a server answering a search in < 500 ms needs far less.
+    fhir_deadline_ms: int = Field(3000, gt=0)
     # Largest accepted request body (HTTP 413 above it).
     max_request_bytes: int = 5_000_000
+    # Seconds a client may take to send its request once it started (gunicorn): 408 beyond.
+    request_read_timeout: float = 10.0
     # Comma-separated CORS origins, "*" for any (browser CDS clients send no cookies, only JWTs).
     cors_origins: CommaList = ("*",)
     # Path to a JSON file listing trusted CDS clients (iss + jwks or jwks_url). Empty: no client
@@ -50,6 +56,13 @@ class Settings(BaseSettings):
     clients: str = ""
     # Public base URL the service is reached at (for JWT `aud`); default: the request's own URL.
     public_base_url: str = ""
+    # Redis URL (redis://host:6379/0). Set: the JWT replay cache and rate-limit counters live there, shared by
+    # every worker and instance. Empty: replay cache in the decision-log database, counters per worker.
+    redis_url: str = ""
+    # Requests per minute per CDS client (JWT iss), else per remote address; 0: no limit.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # Strict-Transport-Security max-age, sent on HTTPS requests or if CDS_PUBLIC_BASE_URL is https; 0: never.
+    hsts_max_age: int = Field(default=31_536_000, ge=0)
     # File of auditor tokens (name:sha256 lines, `cds-service audit token create`); empty: audit API off.
     audit_tokens: str = ""
     # Days decision records are kept; `cds-service audit purge` deletes older ones (0: keep forever).
@@ -70,6 +83,13 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL, or empty")
         return value
 
     @field_validator("content_dir", "data_dir", mode="after")

@@ -60,6 +60,19 @@ def client(app):
 
 
 @pytest.fixture
+def redis_url():
+    """The machine's Redis (127.0.0.1:6379, db 0); tests key their data uniquely and never flush it."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis on 127.0.0.1:6379 not reachable: {type(exc).__name__}")
+    return url
+
+
+@pytest.fixture
 def fake_fhir():
     server = FakeFhirServer().start()
     yield server

@@ -19,6 +19,7 @@ from ..audit.api import audit_api
 from ..errors import CdsError, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..runtime import Runtime
 from ..settings import Settings
+from . import rate_limit, security_headers
 from .hooks_api import hooks_api
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ def create_app(
         max_age=600,
     )
     _register_errors(app)
+    security_headers.init_app(
+        app, hsts_max_age=settings.hsts_max_age, public_base_url=settings.public_base_url
+    )
+    rate_limit.init_app(app)
     app.register_blueprint(hooks_api)
     app.register_blueprint(audit_api)
     return app

@@ -3,12 +3,17 @@
 ``CDS_CLIENTS`` names a JSON file of trusted clients::
 
     {"clients": [{"iss": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/.well-known/jwks.json"},
-                 {"iss": "https://other.example", "jwks": {"keys": [...]}, "tenant": "optional-tenant"}]}
+                 {"iss": "https://sandbox.cds-hooks.org", "jwks": {"keys": [...]}, "tenant": "optional",
+                  "jku": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]}]}
 
-Checks: asymmetric algorithm only (never ``none`` or HMAC), ``kid`` present, ``iss`` listed, a ``jku``
-header (if any) equal to that client's configured ``jwks_url`` (we never fetch a key set from a URL the
-token chose), ``aud`` = the URL of the endpoint called, ``exp``/``iat`` present and current, ``jti``
-present and not seen before (replay cache per worker process, kept until the token expires).
+Each client's keys come from exactly one of ``jwks`` (pinned here, nothing is fetched) or ``jwks_url``.
+``jku`` lists the ``jku`` header values accepted from that issuer (with ``jwks_url``, that URL is always
+accepted); a token naming any other ``jku`` is refused, and no key is ever fetched from a URL the token
+chose.
+
+Checks: asymmetric algorithm only (never ``none`` or HMAC), ``kid`` present, ``iss`` listed, ``jku`` (if
+any) listed, ``aud`` = the URL of the endpoint called, ``exp``/``iat`` present and current, ``jti`` present
+and not seen before by any worker or instance (protocol/replay.py, kept until the token expires).
 With no ``CDS_CLIENTS`` the service runs unauthenticated (local sandbox only; a warning is logged).
 """
 
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ import jwt
 from jwt import PyJWKClient, PyJWKSet
 
 from ..errors import Unauthorized
+from .rate_limit import note_verified_client
+from .replay import ReplayCache
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class TrustedClient:
     iss: str
     jwks_url: str | None
     tenant: str | None
+    jku: frozenset[str]  # jku header values accepted; the keys never come from them
     _static: PyJWKSet | None
     _remote: PyJWKClient | None
 
@@ -79,6 +86,9 @@ def load_clients(path: str) -> dict[str, TrustedClient]:
             raise ValueError(f"{path}: clients[{i}].iss is required")
         if bool(entry.get("jwks")) == bool(entry.get("jwks_url")):
             raise ValueError(f"{path}: clients[{i}] needs exactly one of jwks, jwks_url")
+        jku = entry.get("jku", [])
+        if not isinstance(jku, list) or not all(isinstance(u, str) and u for u in jku):
+            raise ValueError(f"{path}: clients[{i}].jku must be a list of URLs")
         try:
             static = PyJWKSet.from_dict(entry["jwks"]) if entry.get("jwks") else None
         except jwt.PyJWTError as exc:
@@ -88,28 +98,42 @@ def load_clients(path: str) -> dict[str, TrustedClient]:
             if entry.get("jwks_url")
             else None
         )
-        out[iss] = TrustedClient(iss, entry.get("jwks_url"), entry.get("tenant"), static, remote)
+        accepted = frozenset(jku) | ({entry["jwks_url"]} if entry.get("jwks_url") else set())
+        out[iss] = TrustedClient(iss, entry.get("jwks_url"), entry.get("tenant"), accepted, static, remote)
     return out
 
 
 class ClientAuthenticator:
-    def __init__(self, clients: dict[str, TrustedClient]):
+    def __init__(self, clients: dict[str, TrustedClient], replay: ReplayCache | None = None):
+        if clients and replay is None:
+            raise ValueError("trusted clients need a replay cache")
         self.clients = clients
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self.replay = replay
 
     @property
     def enabled(self) -> bool:
         return bool(self.clients)
 
+    def claimed_client(self, authorization: str | None) -> str | None:
+        """The `iss` of a bearer JWT when it names a trusted client, NOT verified: only for choosing a
+        rate-limit bucket before the token is checked (protocol/rate_limit.py)."""
+        token = _bearer_token(authorization) if self.enabled else None
+        if not token:
+            return None
+        try:
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except (jwt.PyJWTError, ValueError):
+            return None
+        return iss if isinstance(iss, str) and iss in self.clients else None
+
     def authenticate(self, authorization: str | None, audience: str) -> ClientIdentity:
         if not self.enabled:
             return ANONYMOUS
-        if not authorization or not authorization.lower().startswith("bearer "):
+        token = _bearer_token(authorization)
+        if not token:
             raise Unauthorized(
                 "a signed JWT is required: Authorization: Bearer <JWT>", expression="Authorization"
             )
-        token = authorization.split(None, 1)[1].strip()
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -120,14 +144,16 @@ class ClientAuthenticator:
             raise Unauthorized(
                 f"JWT alg {alg!r} is not accepted (asymmetric algorithms only)", expression="Authorization"
             )
-        if not header.get("kid"):
+        if not header.get("kid"):  # PyJWT has already refused a kid that is not a string
             raise Unauthorized("JWT header needs a kid", expression="Authorization")
-        client = self.clients.get(unverified.get("iss"))
+        iss = unverified.get("iss")
+        client = self.clients.get(iss) if isinstance(iss, str) else None
         if client is None:
             raise Unauthorized("JWT issuer is not a trusted CDS client", expression="Authorization")
-        if header.get("jku") and header["jku"] != client.jwks_url:
+        jku = header.get("jku")
+        if jku is not None and (not isinstance(jku, str) or jku not in client.jku):
             raise Unauthorized(
-                "JWT jku is not the key set registered for this issuer", expression="Authorization"
+                "JWT jku is not a key set URL accepted for this issuer", expression="Authorization"
             )
         key = client.key_for(header["kid"])
         try:
@@ -147,12 +173,13 @@ class ClientAuthenticator:
         now = time.time()
         if claims["exp"] - claims["iat"] > MAX_LIFETIME_S or claims["iat"] > now + LEEWAY_S:
             raise Unauthorized("JWT lifetime is too long or iat is in the future", expression="Authorization")
-        with self._lock:
-            for jti, expiry in list(self._seen.items()):
-                if expiry < now:
-                    del self._seen[jti]
-            if claims["jti"] in self._seen:
-                raise Unauthorized("JWT jti was already used (replay)", expression="Authorization")
-            self._seen[claims["jti"]] = claims["exp"] + LEEWAY_S
+        if not self.replay.first_use(client.iss, claims["jti"], claims["exp"] + LEEWAY_S):
+            raise Unauthorized("JWT jti was already used (replay)", expression="Authorization")
+        note_verified_client(client.iss)
         tenant = claims.get("tenant") if isinstance(claims.get("tenant"), str) else client.tenant
         return ClientIdentity(client.iss, tenant, True, claims["jti"])
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

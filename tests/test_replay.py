@@ -1,0 +1,170 @@
+"""A JWT is usable once, whichever worker or instance of the service receives it (protocol/replay.py)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import psutil
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from sqlalchemy import func, insert, select, text
+from test_serve import free_port, wait_ready
+
+from cds_service.audit.storage import jwt_replay, make_engine
+from cds_service.protocol.replay import DatabaseReplayCache
+
+ISS = "https://ehr.example.test"
+
+
+@pytest.fixture
+def signer(tmp_path):
+    private = ec.generate_private_key(ec.SECP384R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"kid": "k1", "alg": "ES384", "use": "sig"})
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": {"keys": [jwk]}}]}))
+
+    def sign(aud: str) -> str:
+        now = int(time.time())
+        claims = {"iss": ISS, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+        return jwt.encode(claims, private, algorithm="ES384", headers={"kid": "k1"})
+
+    sign.clients = str(path)
+    return sign
+
+
+def discovery(app, token: str):
+    return app.test_client().get("/cds-services", headers={"Authorization": f"Bearer {token}"})
+
+
+def assert_second_instance_refuses(make_app, signer, **shared):
+    first, second = (make_app(CDS_CLIENTS=signer.clients, **shared) for _ in range(2))
+    assert first.extensions["cds_runtime"] is not second.extensions["cds_runtime"]
+    token = signer("http://localhost/cds-services")
+    assert discovery(first, token).status_code == 200
+    replay = discovery(second, token)
+    assert replay.status_code == 401 and "replay" in replay.get_json()["issue"][0]["diagnostics"]
+    assert discovery(first, token).status_code == 401
+    assert discovery(second, signer("http://localhost/cds-services")).status_code == 200
+
+
+def test_two_instances_sharing_the_sqlite_decision_log_refuse_a_replay(make_app, signer):
+    assert_second_instance_refuses(make_app, signer)  # make_app: one CDS_DATA_DIR per test
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh schema in the machine's PostgreSQL (127.0.0.1:5432, database test), dropped afterwards."""
+    schema = f"cds_test_{uuid.uuid4().hex[:10]}"
+    admin = make_engine("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_two_instances_sharing_postgresql_refuse_a_replay(make_app, signer, postgres_url):
+    assert_second_instance_refuses(make_app, signer, CDS_DECISION_LOG=postgres_url)
+
+
+def test_two_instances_sharing_redis_refuse_a_replay(make_app, signer, redis_url):
+    assert_second_instance_refuses(make_app, signer, CDS_REDIS_URL=redis_url)
+
+
+def test_unreachable_redis_refuses_the_token_rather_than_risk_a_replay(make_app, signer):
+    app = make_app(CDS_CLIENTS=signer.clients, CDS_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    response = discovery(app, signer("http://localhost/cds-services"))
+    assert response.status_code == 503
+    assert "replay cache (Redis) is unavailable" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_expired_entries_are_purged_and_an_expired_jti_is_not_a_replay(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    jwt_replay.create(engine)
+    now = int(time.time())
+    with engine.begin() as conn:
+        conn.execute(
+            insert(jwt_replay),
+            [{"key": f"{i:064x}", "issuer": ISS, "expires_at": now - 1} for i in range(50)],
+        )
+    cache = DatabaseReplayCache(engine)
+    assert cache.first_use(ISS, "a", now + 300)
+    assert not cache.first_use(ISS, "a", now + 300)
+    assert cache.first_use("https://other.test", "a", now + 300)  # jtis are per issuer
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(jwt_replay)).scalar() == 2
+    assert cache.first_use(ISS, "old", now - 5)  # stored already expired: the next use takes the row over
+    assert cache.first_use(ISS, "old", now + 300)
+
+
+def _worker_serving(workers: list[psutil.Process], server_port: int, client_port: int) -> int:
+    """The pid of the gunicorn worker holding our keep-alive connection."""
+    for worker in workers:
+        for conn in worker.net_connections(kind="tcp"):
+            if (
+                conn.laddr
+                and conn.laddr.port == server_port
+                and conn.raddr
+                and conn.raddr.port == client_port
+            ):
+                return worker.pid
+    raise AssertionError("no worker holds the connection")
+
+
+@pytest.mark.slow
+def test_a_replay_is_refused_by_every_worker_of_serve(tmp_path, signer):
+    """`serve --workers 2`: the token is used once; each replay, on a new connection, reaches either worker
+    (the test goes on until both have answered one) and is refused."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "CDS_DATA_DIR": str(tmp_path / "data"),
+        "CDS_LLM": "off",
+        "CDS_CLIENTS": signer.clients,
+    }
+    exe = Path(sys.executable).with_name("cds-service")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        token = signer(f"http://127.0.0.1:{port}/cds-services")
+        answered_by: dict[int, list[int]] = {w.pid: [] for w in workers}
+        for attempt in range(60):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.connect()
+            conn.request("GET", "/cds-services", headers={"Authorization": f"Bearer {token}"})
+            status = conn.getresponse()
+            status.read()
+            pid = _worker_serving(workers, port, conn.sock.getsockname()[1])
+            conn.close()
+            answered_by[pid].append(status.status)
+            if attempt > 0 and all(len(s) >= 2 for s in answered_by.values()):
+                break
+        assert all(len(s) >= 2 for s in answered_by.values()), f"a worker answered < 2: {answered_by}"
+        statuses = [s for answers in answered_by.values() for s in answers]
+        assert statuses.count(200) == 1 and statuses.count(401) == len(statuses) - 1, answered_by
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
