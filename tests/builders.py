@@ -62,6 +62,7 @@ def patient_view(
     prefetch_keys=(
         "patient",
         "medications",
+        "medicationHistory",
         "conditions",
         "observations",
         "procedures",
@@ -75,6 +76,7 @@ def patient_view(
     full = {
         "patient": by_type["Patient"][0],
         "medications": searchset(by_type.get("MedicationRequest", [])),
+        "medicationHistory": searchset(by_type.get("MedicationRequest", [])),
         "conditions": searchset(by_type.get("Condition", [])),
         "observations": searchset(by_type.get("Observation", [])),
         "procedures": searchset(by_type.get("Procedure", [])),

@@ -1,33 +1,46 @@
 """Reads and searches on the CDS client's FHIR server, on behalf of one hook call.
 
 - One `requests.Session` per process (connection pooling), passed in so tests can plug in another.
-- Connect/read timeouts on every call; redirects are not followed (a token must never travel to a
-  host nobody allowed); `next` links are followed up to a bound, and each must be allowlisted too.
+- One deadline for all of a call's FHIR access (``CDS_FHIR_DEADLINE_MS``): a `FhirClient` is made per
+  call and every request it sends, every page and every key fetched in parallel share it; each
+  request's connect/read timeout is the smaller of its own and the time left, and a body is read in
+  chunks with the deadline checked between them.
+- Redirects are never followed (a token must never travel to a host nobody allowed, and a redirect
+  within the allowlist is no more trustworthy than the server that sent it): a 3xx is an unusable answer.
+- `next` links are followed up to a page cap, and each must be allowlisted too; a search the server cut
+  short (``total`` above what it sent, no `next` link) is refused like a capped one: partial data is
+  never acted on as if it were complete.
 - Only servers matching ``CDS_FHIR_ALLOWED_SERVERS`` are contacted; for any other `fhirServer`, no
   request leaves the service.
 - The access token lives only in this object for the duration of the call: it is never logged,
-  never put in an exception message, never stored.
+  never put in an exception message, never stored. Messages name the host, never a path or query
+  (they carry patient ids).
 
 Exceptions (all `FhirAccessError`, itself a `PrefetchUnavailable`, so HTTP 412 by default)::
 
     FhirAccessError
     ├── FhirServerNotAllowed   fhirServer (or a next link) is outside the allowlist
     ├── FhirUnreachable        connection refused, DNS failure, timeout
+    ├── FhirDeadlineExceeded   the call's FHIR deadline ran out
     ├── FhirAuthRejected       401 / 403
     ├── FhirNotFound           404 on a read
-    └── FhirBadResponse        other non-2xx, non-JSON, not a FHIR resource, too large, too many pages
+    └── FhirBadResponse        other non-2xx (redirects included), non-JSON, not the resource or
+        │                      Bundle asked for, too large, a malformed next link
+        └── FhirIncomplete     the page cap was reached, or the server cut the search short
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
-from ..errors import PrefetchUnavailable
+from ..errors import PrefetchUnavailable, clip
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +65,16 @@ class FhirNotFound(FhirAccessError):
     reason = "resource not found"
 
 
+class FhirDeadlineExceeded(FhirAccessError):
+    reason = "the call's FHIR deadline was reached (CDS_FHIR_DEADLINE_MS)"
+
+
 class FhirBadResponse(FhirAccessError):
     reason = "FHIR server gave an unusable answer"
+
+
+class FhirIncomplete(FhirBadResponse):
+    reason = "search results incomplete"
 
 
 def _normalise_base(url: str) -> tuple[str, str, int | None, str] | None:
@@ -101,6 +122,7 @@ class FetchLimits:
     read_timeout: float = 5.0
     max_pages: int = 10
     max_response_bytes: int = 20_000_000
+    deadline: float = 3.0  # seconds for all of one call's FHIR access (CDS_FHIR_DEADLINE_MS / 1000)
 
 
 def new_session(pool_size: int = 16) -> requests.Session:
@@ -110,6 +132,8 @@ def new_session(pool_size: int = 16) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.trust_env = False  # no ambient proxies or .netrc credentials for patient data
+    # urllib3 logs each request line at DEBUG, query string and patient id included: keep it quieter.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.WARNING)
     return session
 
 
@@ -122,6 +146,7 @@ class FhirAccess:
     limits: FetchLimits
 
     def client(self, fhir_server: str | None, access_token: str | None) -> "FhirClient | None":
+        """One client per hook call: the call's FHIR deadline starts now."""
         if not fhir_server:
             return None
         return FhirClient(
@@ -130,7 +155,8 @@ class FhirAccess:
 
 
 class FhirClient:
-    """FHIR REST reads/searches against one server with one (optional) bearer token."""
+    """FHIR REST reads/searches against one server with one (optional) bearer token, for one hook call:
+    its deadline starts when it is made and covers every request it sends, from any thread."""
 
     def __init__(
         self,
@@ -146,6 +172,7 @@ class FhirClient:
         self._token = access_token
         self._allowlist = allowlist
         self.limits = limits
+        self._expires = time.monotonic() + limits.deadline
 
     def __repr__(self) -> str:  # never show the token
         return f"FhirClient(base_url={self.base_url!r})"
@@ -154,15 +181,32 @@ class FhirClient:
     def allowed(self) -> bool:
         return self._allowlist.permits(self.base_url)
 
+    def remaining(self) -> float:
+        """Seconds left of the call's FHIR deadline (zero or less once it has passed)."""
+        return self._expires - time.monotonic()
+
     def url_for(self, relative: str) -> str:
-        return urljoin(self.base_url + "/", relative.lstrip("/"))
+        return _absolute(self.base_url + "/", relative.lstrip("/"), "the rendered prefetch query")
 
     def get(self, relative: str) -> tuple[list[dict], int]:
         """Run a rendered prefetch query. A read returns [resource] (or raises FhirNotFound); a search
         returns every entry resource across pages. Returns (resources, pages fetched)."""
         url = self.url_for(relative)
+        path, _, query = relative.partition("?")
+        segments = path.strip("/").split("/")
         body = self._get_json(url)
-        if body.get("resourceType") != "Bundle":
+        got = body["resourceType"]
+        if not query and len(segments) == 2:  # a read, Type/id: that type and nothing else
+            if got != segments[0]:
+                raise FhirBadResponse(
+                    f"{FhirBadResponse.reason}: asked for a {segments[0]}, got a {clip(got)}"
+                )
+            return [body], 1
+        if got != "Bundle":
+            if query:
+                raise FhirBadResponse(
+                    f"{FhirBadResponse.reason}: a {segments[0]} search answered a {clip(got)}, not a Bundle"
+                )
             return [body], 1
         resources, pages = self._pages(body, url, counted=1)
         return resources, pages + 1
@@ -175,28 +219,45 @@ class FhirClient:
         """The bundle's resources and those of every `next` page after it (each allowlisted), up to the
         page cap (`counted` pages already count against it): partial data is refused, never used.
         Returns (resources, further pages fetched)."""
+        total = bundle.get("total")
         resources = bundle_resources(bundle)
+        matches = _match_count(bundle)
         pages = 0
         next_url = next_link(bundle)
         while next_url:
             if counted + pages >= self.limits.max_pages:
-                raise FhirBadResponse(
-                    f"more than {self.limits.max_pages} pages of results "
-                    "(CDS_FHIR_MAX_PAGES); refusing to act on partial data"
+                raise FhirIncomplete(
+                    f"page cap of {self.limits.max_pages} reached ({len(resources)} resources read, more "
+                    "pages to go); refusing to act on partial data (CDS_FHIR_MAX_PAGES)"
                 )
-            bundle = self._get_json(urljoin(base, next_url))
+            bundle = self._get_json(_absolute(base, next_url, "a next link"))
+            if bundle["resourceType"] != "Bundle":
+                raise FhirBadResponse(
+                    f"{FhirBadResponse.reason}: a next page is a {clip(bundle['resourceType'])}, not a Bundle"
+                )
             pages += 1
             resources.extend(bundle_resources(bundle))
+            matches += _match_count(bundle)
             next_url = next_link(bundle)
+        if isinstance(total, int) and not isinstance(total, bool) and total > matches:
+            # Some servers cut a search at _count and send no next link (Medplum's in-memory router).
+            raise FhirIncomplete(
+                f"the server reported {total} matches but sent {matches} and no next link; "
+                "refusing to act on partial data"
+            )
         return resources, pages
 
     def _get_json(self, url: str) -> dict:
         if not self._allowlist.permits(url):
             raise FhirServerNotAllowed(f"{FhirServerNotAllowed.reason}: {_host(url)}")
+        left = self.remaining()
+        if left <= 0:
+            raise FhirDeadlineExceeded(f"{FhirDeadlineExceeded.reason}; no further request sent")
         headers = {"Accept": "application/fhir+json, application/json;q=0.9"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        timeout = (self.limits.connect_timeout, self.limits.read_timeout)
+        # Each socket wait is bounded by what is left of the call's deadline, not only its own timeout.
+        timeout = (min(self.limits.connect_timeout, left), min(self.limits.read_timeout, left))
         try:
             with self._session.get(
                 url, headers=headers, timeout=timeout, allow_redirects=False, stream=True
@@ -206,18 +267,18 @@ class FhirClient:
                     raise FhirAuthRejected(f"{FhirAuthRejected.reason} (HTTP {status})")
                 if status == 404:
                     raise FhirNotFound(f"{FhirNotFound.reason} (HTTP 404)")
+                if 300 <= status < 400:
+                    raise FhirBadResponse(f"{FhirBadResponse.reason}: redirect (HTTP {status}) not followed")
                 if not 200 <= status < 300:
                     raise FhirBadResponse(f"{FhirBadResponse.reason}: HTTP {status}")
-                content = _read_capped(response, self.limits.max_response_bytes)
-        except requests.Timeout as exc:
-            raise FhirUnreachable(f"{FhirUnreachable.reason}: timed out ({_host(url)})") from exc
-        except requests.ConnectionError as exc:
-            raise FhirUnreachable(f"{FhirUnreachable.reason}: could not connect ({_host(url)})") from exc
-        except requests.RequestException as exc:
-            raise FhirUnreachable(f"{FhirUnreachable.reason}: {type(exc).__name__}") from exc
+                content = self._read_body(response)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise self._transport_error(exc, url) from exc
+        except ValueError as exc:  # a URL that parses as a string but not as a request target
+            raise FhirBadResponse(f"{FhirBadResponse.reason}: not a valid request URL") from exc
         try:
             body = json.loads(content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, or JSON nested beyond the parser
             raise FhirBadResponse(f"{FhirBadResponse.reason}: body is not JSON") from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirBadResponse(f"{FhirBadResponse.reason}: body is not a FHIR resource")
@@ -225,15 +286,62 @@ class FhirClient:
             raise FhirBadResponse(f"{FhirBadResponse.reason}: OperationOutcome instead of data")
         return body
 
-
-def _read_capped(response: requests.Response, cap: int) -> bytes:
-    chunks, size = [], 0
-    for chunk in response.iter_content(chunk_size=65536):
-        size += len(chunk)
-        if size > cap:
+    def _read_body(self, response: requests.Response) -> bytes:
+        """The body, read as it arrives (read1: no waiting for a full chunk), refused once it is larger
+        than the cap or the deadline passes: a server that drips bytes cannot hold the call."""
+        cap = self.limits.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
             raise FhirBadResponse(f"response larger than {cap} bytes (CDS_FHIR_MAX_RESPONSE_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks, size = [], 0
+        while chunk := response.raw.read1(65536, decode_content=True):
+            size += len(chunk)
+            if size > cap:
+                raise FhirBadResponse(f"response larger than {cap} bytes (CDS_FHIR_MAX_RESPONSE_BYTES)")
+            chunks.append(chunk)
+            if self.remaining() <= 0:
+                raise FhirDeadlineExceeded(f"{FhirDeadlineExceeded.reason} while reading an answer")
+        return b"".join(chunks)
+
+    def _transport_error(self, exc: Exception, url: str) -> FhirAccessError:
+        timed_out = isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)) or any(
+            isinstance(arg, urllib3.exceptions.TimeoutError) for arg in exc.args
+        )
+        if timed_out and self.remaining() <= 0.05:
+            return FhirDeadlineExceeded(f"{FhirDeadlineExceeded.reason} waiting for {_host(url)}")
+        if timed_out:
+            return FhirUnreachable(f"{FhirUnreachable.reason}: timed out ({_host(url)})")
+        if isinstance(exc, requests.ConnectionError):
+            return FhirUnreachable(f"{FhirUnreachable.reason}: could not connect ({_host(url)})")
+        return FhirUnreachable(f"{FhirUnreachable.reason}: {type(exc).__name__} ({_host(url)})")
+
+
+def _absolute(base: str, link: str, what: str) -> str:
+    """`link` resolved against `base`; a link that is not a URL (``http://[::1``) is an unusable answer."""
+    try:
+        url = urljoin(base, link)
+        urlsplit(url).port  # noqa: B018 - parsing the port is what raises for a malformed authority
+    except ValueError as exc:
+        raise FhirBadResponse(f"{FhirBadResponse.reason}: {what} is not a valid URL") from exc
+    return url
+
+
+def _match_count(bundle: dict) -> int:
+    """Entries that stand for search matches (what `Bundle.total` counts): every entry but includes and
+    outcomes. An unreadable entry still counts: it was sent (and is reported as junk), not withheld."""
+    entries = bundle.get("entry")
+    if isinstance(entries, dict):
+        entries = [entries]
+    count = 0
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            search, resource = entry.get("search"), entry.get("resource")
+            if isinstance(search, dict) and search.get("mode") in ("include", "outcome"):
+                continue
+            if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+                continue
+        count += 1
+    return count
 
 
 def _host(url: str) -> str:
@@ -245,23 +353,41 @@ def _host(url: str) -> str:
 
 
 def next_link(bundle: dict) -> str | None:
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
 
 
-def bundle_resources(bundle: dict) -> list[dict]:
+def bundle_entries(bundle: dict) -> tuple[list[tuple[int, dict]], list[tuple[str, str]]]:
+    """(position, resource) of each entry holding data, and (path, why) of each entry that holds none.
+
+    Lenient with what a client or server sends: one entry object where a list is due is read as a
+    one-item list; search outcomes (OperationOutcome) are not data and are skipped silently."""
+    entries = bundle.get("entry")
+    junk: list[tuple[str, str]] = []
+    if entries is None:
+        return [], junk
+    if isinstance(entries, dict):
+        entries = [entries]
+        junk.append(("entry", "normalised: a single entry object read as a one-item list"))
+    elif not isinstance(entries, list):
+        return [], [("entry", "Bundle.entry is not a list of entries: nothing in it could be read")]
     out = []
-    for entry in bundle.get("entry") or []:
-        if not isinstance(entry, dict):
-            continue
-        resource = entry.get("resource")
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
+            junk.append((f"entry[{i}]", "the entry holds no resource object"))
             continue
-        if (entry.get("search") or {}).get("mode") == "outcome" or resource.get(
+        search = entry.get("search")
+        if (isinstance(search, dict) and search.get("mode") == "outcome") or resource.get(
             "resourceType"
         ) == "OperationOutcome":
             continue  # search warnings, not data
-        out.append(resource)
-    return out
+        out.append((i, resource))
+    return out, junk
+
+
+def bundle_resources(bundle: dict) -> list[dict]:
+    return [resource for _, resource in bundle_entries(bundle)[0]]

@@ -22,9 +22,11 @@ A template whose tokens resolve to nothing (e.g. no encounterId in context) is "
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -32,8 +34,9 @@ import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
 from ..errors import Issue, PrefetchUnavailable
-from .fhir_client import FhirAccessError, FhirClient, bundle_resources, next_link
+from .fhir_client import FhirAccessError, FhirClient, bundle_entries, next_link
 
+log = logging.getLogger(__name__)
 TOKEN = re.compile(r"\{\{\s*(.+?)\s*\}\}")
 USER_TOKENS = {
     "userPractitionerId": "Practitioner",
@@ -109,6 +112,11 @@ class PrefetchTemplate:
     def is_read(self) -> bool:
         return "?" not in self.text
 
+    @property
+    def resource_type(self) -> str:
+        """What the template asks for (``Encounter``): named in logs instead of the rendered URL."""
+        return self.text.split("?", 1)[0].split("/", 1)[0].strip() or "?"
+
 
 def token_root(context: dict) -> dict:
     """What prefetch tokens see: ``context`` plus the user identifier tokens."""
@@ -130,6 +138,17 @@ class PrefetchItem:
     pages: int = 0
     note: str | None = None  # e.g. "client sent OperationOutcome", "unwrapped entry"
     problem: str | None = None  # why it is unavailable
+    searchset: bool = False  # the resources came as Bundle entries (located as entry[i].resource)
+    positions: list[int] | None = None  # entry index of each resource in the Bundle sent, when known
+    entry_problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why): entries unread
+
+    def located(self) -> list[tuple[str, dict]]:
+        """(where, resource), where naming it in the request: prefetch.meds.entry[3].resource."""
+        base = f"prefetch.{self.key}"
+        if not self.searchset:
+            return [(base, r) for r in self.resources]
+        positions = self.positions or range(len(self.resources))
+        return [(f"{base}.entry[{i}].resource", r) for i, r in zip(positions, self.resources, strict=False)]
 
 
 @dataclass
@@ -139,6 +158,10 @@ class PrefetchResult:
     def resources(self) -> list[tuple[str, dict]]:
         """(key, resource) pairs across all keys, in template order."""
         return [(key, r) for key, item in self.items.items() for r in item.resources]
+
+    def located(self) -> list[tuple[str, dict]]:
+        """(where, resource) across all keys, in template order; see PrefetchItem.located."""
+        return [pair for item in self.items.values() for pair in item.located()]
 
     @property
     def unavailable(self) -> frozenset[str]:
@@ -155,7 +178,16 @@ def _as_provided(key: str, value: dict | None) -> tuple[PrefetchItem | None, dic
     if value.get("resourceType") == "OperationOutcome":
         return None, None  # the client failed to get it: fetch it ourselves
     if value.get("resourceType") == "Bundle":
-        item = PrefetchItem(key, Origin.PREFETCH, bundle_resources(value), note=note)
+        entries, junk = bundle_entries(value)
+        item = PrefetchItem(
+            key,
+            Origin.PREFETCH,
+            [r for _, r in entries],
+            note=note,
+            searchset=True,
+            positions=[i for i, _ in entries],
+            entry_problems=junk,
+        )
         return item, (value if next_link(value) else None)
     return PrefetchItem(key, Origin.PREFETCH, [value], note=note), None
 
@@ -166,9 +198,16 @@ def resolve(
     provided: dict | None,
     client: FhirClient | None,
     executor: Executor | None = None,
+    service_id: str = "",
 ) -> PrefetchResult:
     """Resolve every template of a service. Raises PrefetchUnavailable (412) naming every key that
-    could not be had under policy ``fail``."""
+    could not be had under policy ``fail``.
+
+    Fetches share the client's one deadline (CDS_FHIR_DEADLINE_MS). With an executor, every fetch runs
+    in it and is waited for no longer than the time left: a key still running then is unavailable
+    ("deadline"), and its thread ends within its own bounded timeouts. Each unavailable key is logged
+    at WARNING with the service, the key, the resource type and the reason (never a URL: it holds the
+    patient id; never the token)."""
     provided = provided or {}
     root = token_root(context)
     items: dict[str, PrefetchItem] = {}
@@ -178,6 +217,16 @@ def resolve(
 
     def unavailable(template: PrefetchTemplate, why: str) -> None:
         items[template.key] = PrefetchItem(template.key, Origin.UNAVAILABLE, problem=why)
+        log.warning(
+            "prefetch key unavailable: service=%s key=%s resource=%s policy=%s reason=%s",
+            service_id or "?",
+            template.key,
+            template.resource_type,
+            "412"
+            if template.on_unavailable is OnUnavailable.FAIL
+            else "skip (rules reading it not evaluated)",
+            why,
+        )
         if template.on_unavailable is OnUnavailable.FAIL:
             failures.append(
                 Issue(
@@ -219,17 +268,38 @@ def resolve(
                 unavailable(template, "fhirServer is not in CDS_FHIR_ALLOWED_SERVERS; no request was sent")
                 continue
             jobs.append((template, query, bundle))
-        parallel = executor is not None and len(jobs) > 1
-        futures = [executor.submit(fetch, query, bundle) if parallel else None for _, query, bundle in jobs]
+        # Through the executor even when alone: the wait, not the server, decides when it ends.
+        pooled = executor is not None and bool(jobs)
+        futures = [executor.submit(fetch, query, bundle) if pooled else None for _, query, bundle in jobs]
         for (template, query, bundle), future in zip(jobs, futures, strict=True):
             try:
-                resources, pages = future.result() if future is not None else fetch(query, bundle)
+                if future is None:
+                    resources, pages = fetch(query, bundle)
+                else:
+                    resources, pages = future.result(timeout=max(client.remaining(), 0.0))
             except FhirAccessError as exc:
                 unavailable(template, exc.diagnostics)
                 continue
+            except FutureTimeout:
+                future.cancel()
+                unavailable(
+                    template,
+                    f"the call's FHIR deadline of {client.limits.deadline * 1000:.0f} ms was reached "
+                    "(CDS_FHIR_DEADLINE_MS) before the server answered",
+                )
+                continue
+            except Exception as exc:  # a defect on a hostile answer must not become a 500: policy decides
+                log.error("prefetch fetch failed unexpectedly: %s (key %s)", type(exc).__name__, template.key)
+                unavailable(template, f"unexpected error reading the FHIR answer ({type(exc).__name__})")
+                continue
             note = "completed the client's paginated searchset" if bundle is not None else None
             items[template.key] = PrefetchItem(
-                template.key, Origin.FETCHED, resources, pages=pages, note=note
+                template.key,
+                Origin.FETCHED,
+                resources,
+                pages=pages,
+                note=note,
+                searchset=bundle is not None or not template.is_read,
             )
         for template in ready:
             item = items.get(template.key)
