@@ -16,7 +16,14 @@ Two adjustments, both printed per case:
   while the reference server read anything else from its own store. Without a FHIR server to fetch from, an
   absent item would leave the rules that read it unevaluated.
 
-    .venv/bin/python benchmarks/cdc_opioid_agreement.py [-v]
+Two modes, both printed by default:
+- ``fhir-server`` (the headline figure): each request is sent as an EHR would send it, unrepaired, with
+  its own prefetch; items it omits are fetched by the service from a FHIR server on 127.0.0.1 that holds
+  that request's own data (every resource of its prefetch, searchable by patient). Defects in the data
+  are the service's to handle (set aside and said, data_quality.py), as with a real EHR.
+- ``repaired``: the data defects below are repaired and omitted items sent as null, no FHIR server.
+
+    .venv/bin/python benchmarks/cdc_opioid_agreement.py [-v] [--mode fhir-server|repaired|both]
 
 The service evaluates on today's clock, so the requests are always rolled to today.
 """
@@ -30,10 +37,13 @@ import json
 import logging
 import sys
 import tempfile
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "cdc-opioid"
@@ -101,6 +111,9 @@ class CaseResult:
     ignored: list[str] = field(default_factory=list)  # items with data that the service does not declare
     body: dict | None = None
     stand_in: bool = False
+    notices: list[dict] = field(
+        default_factory=list
+    )  # data-quality cards (checks that ran on part of the data)
 
     @property
     def counted(self) -> bool:
@@ -115,6 +128,7 @@ class CaseResult:
 class Report:
     today: date
     results: list[CaseResult]
+    mode: str = "repaired"
 
     @property
     def counted(self) -> list[CaseResult]:
@@ -214,34 +228,121 @@ def refile(request: dict, definition) -> dict:
     return {**request, "prefetch": prefetch}
 
 
-def _post(client, registry, service_id: str, hook: str, request: dict, result: CaseResult) -> None:
+def _post(client, registry, service_id: str, hook: str, request: dict, result: CaseResult, fhir=None) -> None:
     definition = registry.by_hook(service_id)[hook]
-    request, result.repairs = repair(request)
+    if fhir is None:
+        request, result.repairs = repair(request)
     if result.stand_in:
         request = refile(request, definition)
     declared = {t.key for t in definition.templates}
     result.ignored = [
         k for k, v in (request.get("prefetch") or {}).items() if v is not None and k not in declared
     ]
-    request, result.nulled = fill_absent_items(request, [t.key for t in definition.templates])
+    if fhir is None:
+        request, result.nulled = fill_absent_items(request, [t.key for t in definition.templates])
+    else:  # as an EHR: what the request omits, the service fetches from the server holding its data
+        fhir.hold([r for _h, _s, r in _resources({"prefetch": request.get("prefetch") or {}})])
+        request = {
+            **request,
+            "fhirServer": fhir.base,
+            "fhirAuthorization": {
+                "access_token": "benchmark-token",
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "patient/*.read",
+                "subject": "cds-service",
+            },
+        }
     response = client.post(f"/cds-services/{service_id}", json=request)
     result.ran, result.status = True, response.status_code
     result.body = response.get_json(silent=True)
     if response.status_code != 200 or not isinstance(result.body, dict):
         result.got = "error"
         return
-    cards = result.body.get("cards") or []
+    cards = [c for c in result.body.get("cards") or [] if not _is_data_notice(c)]
     result.got = "card" if cards else "no-card"
     result.summaries = [c.get("summary", "") for c in cards]
+    result.notices = [c for c in result.body.get("cards") or [] if _is_data_notice(c)]
 
 
-def run() -> Report:
-    """Roll to today, post and compare every case of expected.json (plus the REC11 order-select stand-ins)."""
+def _is_data_notice(card: dict) -> bool:
+    """The info card saying checks ran on part of the data: about the data, not a recommendation."""
+    return (card.get("extension") or {}).get("org.cds-service.rule", {}).get("id") == "data-quality"
+
+
+class CaseFhirServer:
+    """A FHIR server on 127.0.0.1 holding one request's data at a time: reads by id, searches by type
+    and patient (`subject=Patient/<id>`, `patient=<id>`; other parameters are not applied, so a search
+    may answer more than it asked for, which the rules must cope with anyway)."""
+
+    def __init__(self):
+        self.resources: list[dict] = []
+        holder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                path = parts.path.removeprefix("/fhir/")
+                rtype, _, rid = path.partition("/")
+                if rid:
+                    found = [
+                        r for r in holder.resources if r.get("resourceType") == rtype and r.get("id") == rid
+                    ]
+                    body = found[0] if found else None
+                else:
+                    query = dict(parse_qsl(parts.query))
+                    patient = (query.get("subject") or query.get("patient") or "").split("/")[-1]
+                    body = {
+                        "resourceType": "Bundle",
+                        "type": "searchset",
+                        "entry": [
+                            {"resource": r}
+                            for r in holder.resources
+                            if r.get("resourceType") == rtype and (not patient or _about(r, patient))
+                        ],
+                    }
+                data = json.dumps(body or {"resourceType": "OperationOutcome", "issue": []}).encode()
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/fhir"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def hold(self, resources: list) -> None:
+        self.resources = [r for r in resources if isinstance(r, dict)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _about(resource: dict, patient: str) -> bool:
+    for element in ("subject", "patient"):
+        ref = resource.get(element)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            return ref["reference"].split("/")[-1] == patient
+    return False
+
+
+def run(mode: str = "repaired") -> Report:
+    """Roll to today, post and compare every case of expected.json (plus the REC11 order-select stand-ins).
+    `mode`: ``repaired`` or ``fhir-server`` (see the module docstring)."""
     today = datetime.now(UTC).date()  # the day the service evaluates on (UTC, as facts.py)
     expected = json.loads((BENCH / "expected.json").read_text(encoding="utf-8"))
     results: list[CaseResult] = []
+    fhir = CaseFhirServer() if mode == "fhir-server" else None
     with tempfile.TemporaryDirectory(prefix="cdc-opioid-bench-") as data_dir:
-        app = create_app({"CDS_DATA_DIR": data_dir, "CDS_LLM": "off"})
+        settings = {"CDS_DATA_DIR": data_dir, "CDS_LLM": "off"}
+        if fhir is not None:
+            settings["CDS_FHIR_ALLOWED_SERVERS"] = fhir.base
+        app = create_app(settings)
         app.testing = True
         rt = app.extensions["cds_runtime"]
         try:
@@ -252,7 +353,7 @@ def run() -> Report:
                 name = Path(case["request"]).stem.replace("request-example-", "")
                 result = CaseResult(case, name, case["recommendation"], case["service"], case["expect"])
                 if case["service"] and case["service"] in rt.registry:
-                    _post(client, rt.registry, case["service"], case["hook"], rolled, result)
+                    _post(client, rt.registry, case["service"], case["hook"], rolled, result, fhir)
                 results.append(result)
                 stand_in = STAND_INS.get(case["service"] or "")
                 if stand_in and stand_in in rt.registry:
@@ -264,15 +365,22 @@ def run() -> Report:
                         "hook": "order-sign",
                         "context": {k: v for k, v in rolled["context"].items() if k != "selections"},
                     }
-                    _post(client, rt.registry, stand_in, "order-sign", as_sign, alt)
+                    _post(client, rt.registry, stand_in, "order-sign", as_sign, alt, fhir)
                     results.append(alt)
         finally:
             rt.close()
-    return Report(today, results)
+            if fhir is not None:
+                fhir.close()
+    return Report(today, results, mode)
 
 
 def render(report: Report, verbose: bool = False) -> str:
-    lines = [f"CDC opioid reference CDS agreement, dates rolled to {report.today.isoformat()}", ""]
+    how = (
+        "unrepaired, omitted items fetched from a FHIR server holding each request's data"
+        if report.mode == "fhir-server"
+        else "data defects repaired, omitted items sent as null"
+    )
+    lines = [f"CDC opioid reference CDS agreement ({how}), dates rolled to {report.today.isoformat()}", ""]
     by_rec: dict[str, list[CaseResult]] = defaultdict(list)
     for r in report.results:
         if not r.stand_in:
@@ -331,6 +439,11 @@ def render(report: Report, verbose: bool = False) -> str:
         n = sum(r.expect in ("card", "no-card") for r in stand_ins)
         lines += ["", f"Stand-in, not counted: order-select requests re-sent as order-sign ({ok}/{n} agree):"]
         lines += [describe(r) for r in stand_ins]
+    noticed = [r for r in report.answers if r.notices]
+    lines += ["", f"Answers with a data-quality card (checks ran on part of the data): {len(noticed)}"]
+    for r in noticed:
+        checks = [x for c in r.notices for x in c["extension"]["org.cds-service.data-quality"]["checks"]]
+        lines.append(f"  {r.name} -> {r.service}: {', '.join(checks)}")
     repaired = [r for r in report.answers if r.repairs]
     nulled = [r for r in report.answers if r.nulled]
     ignored = [r for r in report.answers if r.ignored]
@@ -356,10 +469,19 @@ def render(report: Report, verbose: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="list every repair and null-filled item")
+    parser.add_argument("--mode", choices=["fhir-server", "repaired", "both"], default="both")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("cds_service").setLevel(logging.WARNING)  # one INFO line per hook call otherwise
-    print(render(run(), args.verbose))
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("cds_service").setLevel(logging.ERROR)  # one INFO line per hook call otherwise
+    modes = ["fhir-server", "repaired"] if args.mode == "both" else [args.mode]
+    reports = [run(mode) for mode in modes]
+    print("\n\n".join(render(r, args.verbose) for r in reports))
+    if len(reports) == 2:
+        a, b = reports
+        print(
+            f"\nSide by side: unrepaired against a FHIR server {a.agreed}/{len(a.counted)}, "
+            f"repaired {b.agreed}/{len(b.counted)}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ dotted path into the request body (e.g. ``context.draftOrders.entry[0].resource.
     ├── PrefetchUnavailable   412 processing   (ehr.fhir_client.FhirAccessError below it)
     ├── PayloadTooLarge       413 too-costly
     ├── UnsupportedMediaType  415 not-supported
+    ├── TooManyRequests       429 throttled    (per-client rate limit, with Retry-After)
     └── HttpError             any other status werkzeug raises
 
 `ContentError` is apart: a bad hook, rule or terminology file, raised at start-up, never on a request.
@@ -39,12 +40,29 @@ def join_path(prefix: str, path: str) -> str:
     return prefix + path if path.startswith("[") else f"{prefix}.{path}"
 
 
+MAX_ECHO_CHARS = 80  # a value quoted back in a message (a client's 1 MB string must not come back)
+MAX_DIAGNOSTICS_CHARS = 1000
+MAX_ISSUES = 50  # an OperationOutcome lists this many issues, then says how many more there were
+
+
+def clip(value, limit: int = MAX_ECHO_CHARS) -> str:
+    """`value` as text no longer than about `limit`: how anything from the input is quoted back."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 @dataclass(frozen=True)
 class Issue:
     diagnostics: str
     expression: tuple[str, ...] = ()
     code: str | None = None  # overrides the error's code for this issue
     severity: str = "error"
+
+    def __post_init__(self):  # the last guard against amplifying input: no issue grows with it
+        if len(self.diagnostics) > MAX_DIAGNOSTICS_CHARS:
+            object.__setattr__(self, "diagnostics", clip(self.diagnostics, MAX_DIAGNOSTICS_CHARS))
+        if any(len(e) > 300 for e in self.expression):
+            object.__setattr__(self, "expression", tuple(clip(e, 300) for e in self.expression))
 
 
 class CdsError(Exception):
@@ -61,11 +79,18 @@ class CdsError(Exception):
         issues: list[Issue] | None = None,
         headers: dict[str, str] | None = None,
     ):
+        diagnostics = clip(diagnostics, MAX_DIAGNOSTICS_CHARS)
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         if isinstance(expression, str):
             expression = (expression,)
-        self.issues: list[Issue] = list(issues) if issues else [Issue(diagnostics, tuple(expression or ()))]
+        issues = list(issues) if issues else [Issue(diagnostics, tuple(expression or ()))]
+        if len(issues) > MAX_ISSUES:
+            more = len(issues) - MAX_ISSUES
+            issues = issues[:MAX_ISSUES] + [
+                Issue(f"... and {more} more issues of the same request, not listed")
+            ]
+        self.issues: list[Issue] = issues
         self.headers = headers or {}
 
     def to_operation_outcome(self) -> dict:
@@ -114,6 +139,14 @@ class PayloadTooLarge(CdsError):
 
 class UnsupportedMediaType(CdsError):
     status, code = 415, "not-supported"
+
+
+class TooManyRequests(CdsError):
+    status, code = 429, "throttled"
+
+    def __init__(self, diagnostics: str, *, retry_after_s: int, **kw):
+        kw.setdefault("headers", {"Retry-After": str(retry_after_s)})
+        super().__init__(diagnostics, **kw)
 
 
 class HttpError(CdsError):

@@ -73,20 +73,53 @@ def test_415_not_json(client):
     )
 
 
-def test_400_invalid_resource_names_resource_and_field(client):
+def test_unreadable_prefetch_resource_is_set_aside_and_said_not_a_400(app):
+    """Lenient with the data: a Patient whose birthDate is no date cannot be read for age; it is set
+    aside, the rules reading Patient data are unevaluable, the clinician gets an info card, and the
+    decision record names the resource and the field."""
     body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
     body["prefetch"]["patient"]["birthDate"] = "not-a-date"
-    out = assert_outcome(client.post(SERVICE, json=body), 400)
-    assert out["issue"][0]["expression"] == ["prefetch.patient.birthDate"]
+    response = app.test_client().post(SERVICE, json=body)
+    assert response.status_code == 200, response.data[:500]
+    cards = response.get_json()["cards"]
+    notice = [c for c in cards if c["extension"]["org.cds-service.rule"]["id"] == "data-quality"]
+    assert len(notice) == 1 and notice[0]["indicator"] == "info"
+    assert "prefetch.patient" in notice[0]["detail"]
+    record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
+    issues = record["dataQuality"]["issues"]
+    assert issues[0]["action"] == "set-aside" and issues[0]["location"] == "prefetch.patient"
+    assert "prefetch.patient.birthDate" in issues[0]["fields"]
+    assert record["dataQuality"]["card"] == notice[0]["uuid"]
+    outcomes = {r["outcome"] for r in record["rules"]}
+    assert "unevaluable" in outcomes
 
 
-def test_400_wrong_patient_in_prefetch(client):
+def test_resource_of_another_patient_is_set_aside_and_the_rest_still_checked(app):
     body = builders.order_sign(
-        {"medications": ["Ibuprofen 200 MG Oral Tablet"], "draftOrders": ["Ibuprofen 200 MG Oral Tablet"]}
+        {
+            "medications": ["Warfarin Sodium 5 MG Oral Tablet", "Ibuprofen 200 MG Oral Tablet"],
+            "draftOrders": ["Ibuprofen 200 MG Oral Tablet"],
+        }
     )
-    body["prefetch"]["medications"]["entry"][0]["resource"]["subject"]["reference"] = "Patient/someone-else"
+    body["prefetch"]["medications"]["entry"][1]["resource"]["subject"]["reference"] = "Patient/someone-else"
+    response = app.test_client().post(SERVICE, json=body)
+    assert response.status_code == 200, response.data[:500]
+    cards = response.get_json()["cards"]
+    rules = [c["extension"]["org.cds-service.rule"]["id"] for c in cards]
+    assert "ddi-warfarin-nsaid" in rules  # warfarin was readable and is this patient's
+    record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
+    (issue,) = record["dataQuality"]["issues"]
+    assert issue["location"] == "prefetch.medications.entry[1].resource"
+    assert issue["fields"] == ["prefetch.medications.entry[1].resource.subject.reference"]
+    assert "someone-else" not in json.dumps(record["dataQuality"])  # another patient's id is not copied
+
+
+@pytest.mark.parametrize("subject", ["Patient/someone-else", "Group/1", "Practitioner/x"])
+def test_draft_order_for_someone_else_is_400(client, subject):
+    body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
+    body["context"]["draftOrders"]["entry"][0]["resource"]["subject"]["reference"] = subject
     out = assert_outcome(client.post(SERVICE, json=body), 400)
-    assert out["issue"][0]["expression"] == ["prefetch.medications.subject.reference"]
+    assert out["issue"][0]["expression"] == ["context.draftOrders.entry[0].resource.subject.reference"]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -67,3 +68,75 @@ def test_serve_with_several_workers_on_an_empty_data_dir(tmp_path):
         output, _ = proc.communicate(timeout=30)
     assert f"{base}/cds-services" in output  # the URLs are printed
     assert output.count("Booting worker") == 4 and "failed to boot" not in output, output
+
+
+def _raw(port: int, data: bytes, then_wait: float = 0.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(data)
+        if then_wait:
+            time.sleep(then_wait)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _outcome_status(reply: bytes) -> int:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"application/fhir+json" in head, head
+    assert json.loads(body)["resourceType"] == "OperationOutcome", body
+    return status
+
+
+@pytest.mark.slow
+def test_errors_before_the_app_are_operation_outcomes_and_slow_clients_time_out(tmp_path):
+    """gunicorn's own HTTP parser errors answer in the service's error shape; a client that stalls
+    mid-request gets 408 and frees its thread (CDS_REQUEST_READ_TIMEOUT)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "CDS_DATA_DIR": str(tmp_path),
+        "CDS_LLM": "off",
+        "CDS_REQUEST_READ_TIMEOUT": "1",
+    }
+    exe = Path(sys.executable).with_name("cds-service")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port), "--workers", "1", "--threads", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        assert _outcome_status(_raw(port, b"NOT A REQUEST LINE\r\n\r\n")) == 400
+        assert _outcome_status(_raw(port, b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")) == 414
+        many = b"".join(b"X-%d: y\r\n" % i for i in range(150))
+        assert _outcome_status(_raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")) == 431
+        chunked = (
+            b"POST /cds-services/medication-order-check HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n{}\r\n0\r\n\r\n"
+        )
+        assert _outcome_status(_raw(port, chunked)) == 400
+        # Two threads, three clients that stall after part of their headers: each gets 408 after the
+        # read timeout, and a normal request is answered meanwhile.
+        stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        for s in stalled:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3)
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        for s in stalled:
+            s.settimeout(10)
+            assert _outcome_status(s.recv(65536)) == 408
+            s.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in output, output

@@ -76,7 +76,7 @@ def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[Rul
             func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "active"), 1), else_=0)),
             func.sum(ro.c.cards_shown),
             func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "shadow"), 1), else_=0)),
-            func.sum(case((ro.c.outcome == "skipped", 1), else_=0)),
+            func.sum(case((ro.c.outcome.in_(("skipped", "unevaluable")), 1), else_=0)),
             func.sum(case((ro.c.outcome == "error", 1), else_=0)),
         )
         .where(*where)
@@ -160,7 +160,7 @@ def review(stats: list[RuleStats]) -> list[ReviewItem]:
                 ReviewItem(
                     s.rule_id,
                     s.version,
-                    f"not evaluated on {s.skipped} of {s.evaluated} calls: data unavailable",
+                    f"not evaluated on all data in {s.skipped} of {s.evaluated} calls: data missing or unreadable",
                     "check the service's prefetch and the EHR's data feed",
                 )
             )

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..ehr.data_quality import record_of as data_quality_record
+from ..ehr.data_quality import reference_of
+from ..errors import clip
 from ..indicators import highest
 
 if TYPE_CHECKING:  # the pipeline builds records; the record only reads the call
     from ..protocol.pipeline import HookCall
 
 LLM_SUMMARY_RULE = "llm-summary"  # how a card the LLM added (not a rule) is indexed for feedback
+DATA_QUALITY_RULE = "data-quality"  # the info card saying checks ran on part of the data
+DATA_QUALITY_VERSION = "1"
 
 
 class DecisionRecord:
@@ -61,6 +66,10 @@ class DecisionRecord:
                 {"rule": f"{x.finding.rule.id}@{x.finding.rule.version}", "problem": x.problem}
                 for x in call.rejected
             ]
+        if call.data_issues:
+            data["dataQuality"] = data_quality_record(call.data_issues)
+            if call.data_quality_card:
+                data["dataQuality"]["card"] = call.data_quality_card
         if call.error is not None:
             data["error"] = call.error.to_operation_outcome()
         data["response"] = {"status": call.status, **({"cards": call.cards} if call.error is None else {})}
@@ -113,6 +122,17 @@ class DecisionRecord:
             for item in llm.get("items") or []
             if item.get("addedCard") in indicator
         ]
+        card = (d.get("dataQuality") or {}).get("card")
+        if card in indicator:
+            rows.append(
+                {
+                    **base,
+                    "card_uuid": card,
+                    "rule_id": DATA_QUALITY_RULE,
+                    "rule_version": DATA_QUALITY_VERSION,
+                    "indicator": indicator[card],
+                }
+            )
         return rows
 
     def outcome_rows(self) -> list[dict]:
@@ -160,15 +180,16 @@ def _data_used(call: "HookCall") -> list[dict]:
     hashes = call.hashes
 
     def ref_of(resource: dict) -> dict:
-        meta = resource.get("meta") or {}
+        # Whatever the data holds, the record quotes only short strings from it (data_quality.py has
+        # already said what was wrong with it).
+        meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
         item = {
-            "reference": f"{resource.get('resourceType')}/{resource.get('id', '?')}",
+            "reference": reference_of(resource) or f"{clip(resource.get('resourceType'), 40)}/?",
             "hash": hashes.get(id(resource)),
         }
-        if meta.get("versionId"):
-            item["versionId"] = meta["versionId"]
-        if meta.get("lastUpdated"):
-            item["lastUpdated"] = meta["lastUpdated"]
+        for key in ("versionId", "lastUpdated"):
+            if isinstance(meta.get(key), str) and meta[key]:
+                item[key] = clip(meta[key], 64)
         return item
 
     out = []

@@ -3,6 +3,9 @@
 No I/O. A condition is a tree of `all` / `any` / `not` over the predicates of predicates.py (see
 rules/README.md); `Evaluation.solutions` backtracks over the alternatives each predicate binds.
 
+Outcomes: ``fired``; ``not-fired``; ``unevaluable`` (silent, but part of the data it reads was set aside
+as unreadable, so silence proves nothing); ``skipped`` (data it reads could not be had at all); ``error``.
+
 Status semantics: `active` rules fire cards; `shadow` rules are evaluated and recorded but show no
 card; `retired` rules are never evaluated; `draft` rules run only in rule tests.
 """
@@ -35,7 +38,7 @@ class Finding:
 @dataclass(frozen=True)
 class RuleResult:
     rule: Rule
-    outcome: str  # fired | not-fired | skipped | error
+    outcome: str  # fired | not-fired | unevaluable | skipped | error
     findings: tuple[Finding, ...] = ()
     reason: str | None = None
 
@@ -139,20 +142,51 @@ class Evaluation:
                 return False
         return True
 
-    def med_pool(self, among: str, b: Bindings) -> tuple[Medication, ...]:
+    def members(self, refs, among: str) -> tuple[Medication, ...]:
+        """The medications of a fixed pool (active, drafts, history) in value set(s) `refs`, computed
+        once per call: rules pairing each draft with every other medication then scan only the
+        members, so a call stays linear in drafts x members, not drafts x medications per rule."""
+        key = ("members", among, tuple(listify(refs)))
+        if key not in self._memo:
+            pool = {"active": self.facts.active_medications, "drafts": self.facts.draft_orders}.get(among)
+            pool = self.facts.medications if pool is None else pool
+            self._memo[key] = tuple(m for m in pool if self.med_in(refs, m))
+        return self._memo[key]
+
+    def sharing_ingredient(self, pool: tuple[Medication, ...], med: Medication) -> list[Medication]:
+        """The members of `pool` that share an ingredient (or, unresolved, a product code) with `med`,
+        through an index built once per call instead of a scan per draft order."""
+        index = self._memo.get("by_ingredient")
+        if index is None:
+            index = {}
+            f = self.facts
+            for m in f.medications + f.draft_orders:
+                for key in m.ingredients or {f"code:{s}|{c}" for s, c in m.codes}:
+                    index.setdefault(key, set()).add(id(m))
+            self._memo["by_ingredient"] = index
+        keys = med.ingredients or {f"code:{s}|{c}" for s, c in med.codes}
+        candidates = set().union(*(index.get(k, set()) for k in keys)) if keys else set()
+        return [m for m in pool if id(m) in candidates] if len(candidates) < len(pool) else list(pool)
+
+    def med_pool(self, among: str, b: Bindings, refs=None) -> tuple[Medication, ...]:
+        """The pool a predicate scans; with `refs`, only its members in those value sets."""
         f = self.facts
         draft = b.get("draft")
-        others = tuple(d for d in f.draft_orders if d is not draft)
+        if refs is not None:
+            active, drafts, history = (self.members(refs, p) for p in ("active", "drafts", "history"))
+        else:
+            active, drafts, history = f.active_medications, f.draft_orders, f.medications
+        others = tuple(d for d in drafts if d is not draft)
         if among == "active":
-            return f.active_medications
+            return active
         if among == "drafts":
-            return f.draft_orders
+            return drafts
         if among == "other_drafts":
             return others
         if among == "active_or_other_drafts":
-            return f.active_medications + others
+            return active + others
         if among == "history":
-            return f.medications
+            return history
         raise ValueError(among)
 
     # -- predicates -------------------------------------------------------------------------------
@@ -230,6 +264,10 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
                     break
     except Exception as exc:  # a rule bug must not break the hook call; it is recorded
         return RuleResult(rule, "error", reason=f"{type(exc).__name__}: {exc}")
+    if not findings and rule.reads & facts.incomplete:
+        # Silence is not "nothing found" when part of what the rule reads was set aside.
+        partial = ", ".join(sorted(rule.reads & facts.incomplete))
+        return RuleResult(rule, "unevaluable", reason=f"some {partial} data could not be read")
     return RuleResult(rule, "fired" if findings else "not-fired", tuple(findings))
 
 

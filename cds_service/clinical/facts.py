@@ -9,8 +9,10 @@ encounters, procedures, care plans, service requests. Everything here is a pure 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -92,7 +94,8 @@ def _duration_days(quantity) -> float | None:
         "hour": 1 / 24,
         "hours": 1 / 24,
     }.get(unit)
-    return float(quantity["value"]) * factor if factor is not None else None
+    value = _num(quantity["value"])
+    return value * factor if factor is not None and value is not None else None
 
 
 _PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
@@ -102,8 +105,9 @@ def doses_per_day(dosage: dict) -> float | None:
     repeat = (dosage.get("timing") or {}).get("repeat") or {}
     frequency = repeat.get("frequencyMax") or repeat.get("frequency")
     period, unit = repeat.get("period"), repeat.get("periodUnit")
+    frequency, period = _num(frequency), _num(period)
     if frequency and period and unit in _PERIOD_DAYS:
-        return float(frequency) / (float(period) * _PERIOD_DAYS[unit])
+        return frequency / (period * _PERIOD_DAYS[unit])
     if repeat.get("timeOfDay"):
         return float(len(repeat["timeOfDay"]))
     return None
@@ -115,8 +119,8 @@ def dose_of(dosage: dict) -> tuple[float | None, str | None]:
         if type_text != "ordered" and len(dosage.get("doseAndRate")) > 1:
             continue
         quantity = dr.get("doseQuantity") or (dr.get("doseRange") or {}).get("high")
-        if isinstance(quantity, dict) and quantity.get("value") is not None:
-            return float(quantity["value"]), (quantity.get("code") or quantity.get("unit"))
+        if isinstance(quantity, dict) and _num(quantity.get("value")) is not None:
+            return _num(quantity["value"]), (quantity.get("code") or quantity.get("unit"))
     return None, None
 
 
@@ -262,6 +266,9 @@ class Facts:
     observations: tuple[Observation, ...]  # newest first
     events: tuple[Event, ...]
     unavailable: frozenset[str] = frozenset()  # resource types that could not be had (policy: skip)
+    incomplete: frozenset[str] = frozenset()  # resource types of which some resources were set aside
+    # (input list, position, error) of resources the builder could not read (set aside, recorded)
+    unreadable: tuple[tuple[str, int, str], ...] = ()
     derived: dict = field(default_factory=dict, compare=False)  # lazily computed (eGFR, MME totals)
 
     @property
@@ -273,7 +280,7 @@ class Facts:
             years -= 1
         return years
 
-    @property
+    @cached_property  # read by most rules, once per draft order: computed once per call
     def active_medications(self) -> tuple[Medication, ...]:
         return tuple(m for m in self.medications if m.is_active)
 
@@ -289,9 +296,127 @@ class Facts:
 
 
 def _num(value) -> float | None:
+    """A finite number, or None (a 400-digit integer or a Decimal beyond float range is no dose)."""
     if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+    if isinstance(value, str):  # FHIR decimals arrive as strings from some servers
+        try:
+            return _num(Decimal(value))
+        except ArithmeticError:
+            return None
     return None
+
+
+_MEDICATION_ELEMENTS = frozenset(
+    {
+        "status",
+        "intent",
+        "medicationCodeableConcept",
+        "medicationReference",
+        "contained",
+        "dosageInstruction",
+        "dosage",
+        "dispenseRequest",
+        "daysSupply",
+        "authoredOn",
+        "dateAsserted",
+        "whenHandedOver",
+        "effectivePeriod",
+        "effectiveDateTime",
+        "category",
+        "requester",
+        "recorder",
+    }
+)
+_EVENT_ELEMENTS = frozenset(
+    {
+        "status",
+        "code",
+        "type",
+        "category",
+        "activity",
+        "period",
+        "performedPeriod",
+        "occurrencePeriod",
+        "performedDateTime",
+        "occurrenceDateTime",
+        "authoredOn",
+        "created",
+        "effectiveDateTime",
+        "sent",
+        "performer",
+        "author",
+        "requester",
+        "recorder",
+        "asserter",
+        "participant",
+        "hospitalization",
+        "class",
+        "meta",
+        "diagnosis",
+    }
+)
+# The top-level elements the builder reads, per resource type. A resource malformed in one of these
+# cannot be read safely and is set aside (ehr/data_quality.py); problems elsewhere are only recorded.
+# Keep in step with the builder below.
+ELEMENTS_READ: dict[str, frozenset[str]] = {
+    "Patient": frozenset({"birthDate", "gender"}),
+    "MedicationRequest": _MEDICATION_ELEMENTS,
+    "MedicationStatement": _MEDICATION_ELEMENTS,
+    "MedicationDispense": _MEDICATION_ELEMENTS,
+    "Medication": frozenset({"code"}),
+    "AllergyIntolerance": frozenset(
+        {"code", "reaction", "clinicalStatus", "verificationStatus", "criticality", "category"}
+    ),
+    "Condition": frozenset(
+        {
+            "clinicalStatus",
+            "verificationStatus",
+            "abatementDateTime",
+            "abatementPeriod",
+            "category",
+            "code",
+            "onsetDateTime",
+            "onsetPeriod",
+            "recordedDate",
+            "encounter",
+        }
+    ),
+    "Observation": frozenset(
+        {
+            "status",
+            "effectiveDateTime",
+            "effectiveInstant",
+            "effectivePeriod",
+            "issued",
+            "category",
+            "component",
+            "code",
+            "valueQuantity",
+            "valueInteger",
+            "valueDecimal",
+            "valueCodeableConcept",
+            "valueString",
+            "interpretation",
+        }
+    ),
+    **{
+        t: _EVENT_ELEMENTS
+        for t in (
+            "Encounter",
+            "Procedure",
+            "CarePlan",
+            "ServiceRequest",
+            "DiagnosticReport",
+            "Immunization",
+            "Communication",
+        )
+    },
+}
 
 
 class FactsBuilder:
@@ -311,6 +436,7 @@ class FactsBuilder:
         now: datetime | None = None,
         user_id: str | None = None,
         unavailable: frozenset[str] = frozenset(),
+        incomplete: frozenset[str] = frozenset(),
     ) -> Facts:
         now = now or datetime.now(UTC)
         today = today or now.date()
@@ -328,40 +454,49 @@ class FactsBuilder:
         birth, sex = None, None
         meds: dict[str, Medication] = {}
         allergies, conditions, observations, events = [], [], [], []
-        for r in resources:
-            rtype = r.get("resourceType")
-            if rtype == "Patient":
-                if r.get("id") in (None, patient_id):
-                    born = parse_datetime(r.get("birthDate"))
-                    birth = born.date() if born else None
-                    sex = r.get("gender")
-            elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationDispense"):
-                if (rtype, r.get("id")) in draft_ids:
-                    continue  # the EHR may already list the draft among the patient's orders
-                med = self._medication(r, medication_index, is_draft=False)
-                meds.setdefault(med.ref, med)
-            elif rtype == "AllergyIntolerance":
-                allergies.append(self._allergy(r))
-            elif rtype == "Condition":
-                conditions.append(self._condition(r))
-            elif rtype == "Observation":
-                observations.extend(self._observations(r))
-            elif rtype in (
-                "Encounter",
-                "Procedure",
-                "CarePlan",
-                "ServiceRequest",
-                "DiagnosticReport",
-                "Immunization",
-                "Communication",
-            ):
-                events.append(self._event(r))
+        unreadable: list[tuple[str, int, str]] = []
+        incomplete = set(incomplete)
+        for position, r in enumerate(resources):
+            try:
+                rtype = r.get("resourceType")
+                if rtype == "Patient":
+                    if r.get("id") in (None, patient_id):
+                        born = parse_datetime(r.get("birthDate"))
+                        birth = born.date() if born else None
+                        sex = r.get("gender")
+                elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationDispense"):
+                    if (rtype, r.get("id")) in draft_ids:
+                        continue  # the EHR may already list the draft among the patient's orders
+                    med = self._medication(r, medication_index, is_draft=False)
+                    meds.setdefault(med.ref, med)
+                elif rtype == "AllergyIntolerance":
+                    allergies.append(self._allergy(r))
+                elif rtype == "Condition":
+                    conditions.append(self._condition(r))
+                elif rtype == "Observation":
+                    observations.extend(self._observations(r))
+                elif rtype in (
+                    "Encounter",
+                    "Procedure",
+                    "CarePlan",
+                    "ServiceRequest",
+                    "DiagnosticReport",
+                    "Immunization",
+                    "Communication",
+                ):
+                    events.append(self._event(r))
+            except Exception as exc:  # screened data the builder still cannot read: set aside, said
+                unreadable.append(("resources", position, type(exc).__name__))
+                incomplete.add(str(r.get("resourceType")))
         draft_meds, draft_other = [], []
-        for r in drafts:
-            if r.get("resourceType") in ("MedicationRequest", "MedicationStatement"):
-                draft_meds.append(self._medication(r, medication_index, is_draft=True))
-            elif r.get("resourceType") not in ("Medication",):
-                draft_other.append(self._event(r))
+        for position, r in enumerate(drafts):
+            try:
+                if r.get("resourceType") in ("MedicationRequest", "MedicationStatement"):
+                    draft_meds.append(self._medication(r, medication_index, is_draft=True))
+                elif r.get("resourceType") not in ("Medication",):
+                    draft_other.append(self._event(r))
+            except Exception as exc:  # the caller turns this into a 400 naming the draft
+                unreadable.append(("draft_orders", position, type(exc).__name__))
         observations.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=UTC), reverse=True)
         return Facts(
             today=today,
@@ -378,6 +513,8 @@ class FactsBuilder:
             observations=tuple(observations),
             events=tuple(events),
             unavailable=unavailable,
+            incomplete=frozenset(incomplete),
+            unreadable=tuple(unreadable),
         )
 
     # -- medications ---------------------------------------------------------------------------
@@ -527,8 +664,8 @@ class FactsBuilder:
         value = _num(quantity.get("value"))
         if value is None:
             value = _num(r.get("valueInteger"))
-        if value is None and isinstance(r.get("valueDecimal"), (int, float, Decimal)):
-            value = float(r["valueDecimal"])
+        if value is None:
+            value = _num(r.get("valueDecimal"))
         interpretation = tuple(c for concept in r.get("interpretation") or [] for c in codings_of(concept))
         return Observation(
             id=rid,

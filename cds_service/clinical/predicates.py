@@ -158,7 +158,12 @@ def _draft(ev, args, b):
 
 @predicate("medication", _ref("medQuery"), reads=_MEDICATIONS, negatable=True)
 def _medication(ev, args, b):
-    pool = ev.med_pool(args.get("among", "active"), b)
+    pool = ev.med_pool(args.get("among", "active"), b, args.get("in"))
+    other = b.get(args["same_ingredient_as"]) if "same_ingredient_as" in args else None
+    if other is not None:
+        pool = ev.sharing_ingredient(pool, other)
+    if "as" not in args and "count" not in args:  # existence: stop at the first match
+        return _one(b if any(ev.med_matches(args, m, b) for m in pool) else None)
     return _bind(b, args, [m for m in pool if ev.med_matches(args, m, b)])
 
 
@@ -182,11 +187,11 @@ def _pair(ev, args, b):
     draft = b.get("draft")
     if draft is None:
         return
-    pool = ev.med_pool("active_or_other_drafts", b)
     name = args.get("as", "other")
     for mine, theirs in ((args["a"], args["b"]), (args["b"], args["a"])):
         if ev.med_in(mine, draft):
-            matches = [m for m in pool if ev.med_in(theirs, m) and not same_ingredient(m, draft)]
+            pool = ev.med_pool("active_or_other_drafts", b, theirs)
+            matches = [m for m in pool if not same_ingredient(m, draft)]
             yield from _bind(b, {"as": name}, matches)
 
 

@@ -12,7 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..clinical.engine import Finding
+from ..audit.record import DATA_QUALITY_RULE, DATA_QUALITY_VERSION
+from ..clinical.engine import Finding, RuleResult
+from ..ehr.data_quality import Action, DataIssue
+from ..ehr.prefetch import Origin, PrefetchResult
 from .schemas import CardSchema
 
 log = logging.getLogger(__name__)
@@ -166,3 +169,56 @@ def cards_for(findings: list[Finding], facts) -> tuple[list[IssuedCard], list[Re
         else:
             issued.append(IssuedCard(card, finding))
     return issued, rejected
+
+
+MAX_LISTED = 10  # lines per list on the data-quality card; the decision record has them all
+
+
+def data_quality_card(
+    results: list[RuleResult], prefetch: PrefetchResult | None, issues: list[DataIssue]
+) -> dict | None:
+    """An info card when active checks could not run on all of the data (skipped for data that could
+    not be had, unevaluable for data set aside as unreadable); None when every check ran on all of it."""
+    affected = [r for r in results if r.rule.status == "active" and r.outcome in ("skipped", "unevaluable")]
+    if not affected:
+        return None
+    lines = [
+        "**Checks that could not run on all of this patient's data** (no card from them does not mean "
+        "nothing was found):"
+    ]
+    lines += [f"- {r.rule.title} (`{r.rule.id}`): {r.reason}" for r in affected[:MAX_LISTED]]
+    if len(affected) > MAX_LISTED:
+        lines.append(f"- and {len(affected) - MAX_LISTED} more")
+    why = []
+    for item in prefetch.items.values() if prefetch is not None else []:
+        if item.origin is Origin.UNAVAILABLE:
+            why.append(f"- `{item.key}` could not be retrieved: {item.problem}")
+    set_aside = [i for i in issues if i.action is Action.SET_ASIDE]
+    why += [
+        f"- `{i.location}`"
+        + (f" ({i.resource_type})" if i.resource_type else "")
+        + f" set aside: {i.problem}"
+        for i in set_aside[:MAX_LISTED]
+    ]
+    if len(set_aside) > MAX_LISTED:
+        why.append(f"- and {len(set_aside) - MAX_LISTED} more resources set aside")
+    if why:
+        lines += ["", "**Why**", *why]
+    lines += ["", "Review these points in the chart directly. The decision record lists every data problem."]
+    unavailable = sorted(
+        k for k, item in (prefetch.items.items() if prefetch else []) if item.origin is Origin.UNAVAILABLE
+    )
+    summary = {"checks": [f"{r.rule.id}@{r.rule.version}" for r in affected], "setAside": len(set_aside)}
+    if unavailable:
+        summary["unavailable"] = unavailable
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": "Some checks could not run on all of this patient's data",
+        "indicator": "info",
+        "detail": "\n".join(lines),
+        "source": {"label": "CDS service data checks"},
+        "extension": {
+            "org.cds-service.rule": {"id": DATA_QUALITY_RULE, "version": DATA_QUALITY_VERSION},
+            "org.cds-service.data-quality": summary,
+        },
+    }

@@ -6,10 +6,12 @@ pipeline do the rest. Nothing clinical here.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, json, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import CdsError, InvalidRequest, UnsupportedMediaType
+from ..errors import CdsError, HttpError, InvalidRequest, UnsupportedMediaType
+from ..json_input import parse_json
 from ..runtime import Runtime
 from .client_auth import ClientIdentity
 from .registry import ServiceRegistry
@@ -42,11 +44,17 @@ def _json_body():
             f"send JSON (Content-Type: application/json), not {mimetype or 'nothing'}",
             expression="Content-Type",
         )
-    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge over the limit
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", expression="body") from exc
+        raw = request.get_data(cache=False)  # raises RequestEntityTooLarge over the limit
+    except HTTPException:
+        raise
+    except TimeoutError as exc:  # the client stalled mid-body (wsgi_server's read timeout)
+        raise HttpError(408, "the request body was not sent in time", expression="body") from exc
+    except Exception as exc:  # the server's body reader: a bad chunk size, a broken connection
+        raise InvalidRequest(
+            f"the request body could not be read ({type(exc).__name__})", expression="body"
+        ) from exc
+    return parse_json(raw)
 
 
 @hooks_api.get("/healthz")

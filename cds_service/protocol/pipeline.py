@@ -1,7 +1,13 @@
 """One hook call end to end, as stages over a typed `HookCall`:
 
-    parse ─▶ gather (prefetch, fetch) ─▶ check data ─▶ facts ─▶ rules ─▶ cards ─▶ reasoning (LLM)
-          ─▶ DecisionRecord.from_call ─▶ decision log ─▶ answer
+    parse ─▶ check drafts ─▶ gather (prefetch, fetch) ─▶ screen data ─▶ facts ─▶ rules ─▶ cards
+          ─▶ reasoning (LLM) ─▶ data-quality card ─▶ DecisionRecord.from_call ─▶ decision log ─▶ answer
+
+Strict with the request, lenient with the data: the envelope, context and draft orders are the EHR's
+own request and answer 400 naming every bad field (after normalising deviations whose meaning is
+unambiguous, which are recorded); prefetched and fetched data are screened per resource
+(ehr/data_quality.py): used, normalised or set aside, each recorded, and when a check could not run
+on all of the data the clinician is told on an info card.
 
 Each stage is a function of the call with a small surface: it reads what earlier stages left on the
 call and adds its own result. Knows nothing about Flask: the HTTP layer hands over the parsed JSON
@@ -24,14 +30,15 @@ from ..audit.decision_log import DecisionLog
 from ..audit.record import DecisionRecord
 from ..canonical import utc_now
 from ..clinical.engine import RuleResult, evaluate
-from ..clinical.facts import Facts, FactsBuilder
+from ..clinical.facts import ELEMENTS_READ, Facts, FactsBuilder
 from ..clinical.terminology import Terminology
+from ..ehr.data_quality import Action, DataIssue, reference_of, screen
 from ..ehr.fhir_client import FhirAccess
 from ..ehr.prefetch import PrefetchResult, resolve
-from ..ehr.validation import ResourceValidator, check_patient_consistency
-from ..errors import CdsError, InvalidRequest
+from ..ehr.validation import ResourceValidator, patient_scope_problem, raise_invalid
+from ..errors import CdsError, InvalidRequest, Issue, clip
 from ..reasoning.reasoner import Reasoner
-from .cards import IssuedCard, RejectedCard, cards_for, validate_card
+from .cards import IssuedCard, RejectedCard, cards_for, data_quality_card, validate_card
 from .client_auth import ClientIdentity
 from .registry import ServiceDefinition
 from .schemas import CONTEXT_SCHEMAS, HookRequestSchema, load_or_400
@@ -116,6 +123,9 @@ class HookCall:
     rejected: list[RejectedCard] = field(default_factory=list)
     cards: list[dict] = field(default_factory=list)  # the answer's cards
     llm: dict | None = None
+    usable: list[tuple[str, dict]] = field(default_factory=list)  # (where, resource) the screen kept
+    data_issues: list[DataIssue] = field(default_factory=list)  # normalised / set aside / used with problems
+    data_quality_card: str | None = None  # uuid of the info card saying checks ran on part of the data
     error: CdsError | None = None
     status: int = 200
 
@@ -160,7 +170,7 @@ def parse(call: HookCall) -> None:
     call.service = call.candidates.get(hook)
     if call.service is None:
         raise InvalidRequest(
-            f"service '{call.service_id}' answers {', '.join(sorted(call.candidates))}, not {hook!r}",
+            f"service '{call.service_id}' answers {', '.join(sorted(call.candidates))}, not {clip(hook)!r}",
             expression="hook",
         )
     # service definitions only name hooks that have a context schema (service.schema.json)
@@ -177,40 +187,124 @@ def parse(call: HookCall) -> None:
         call.drafts = [e["resource"] for e in context["draftOrders"].get("entry") or []]
 
 
+# order-sign's draftOrders (CDS Hooks order-sign 1.0, R4), and the Medication resources they may reference
+DRAFT_TYPES = frozenset(
+    {"DeviceRequest", "MedicationRequest", "NutritionOrder", "ServiceRequest", "VisionPrescription"}
+)
+_DRAFT_SUPPORT = frozenset({"Medication"})
+
+
 def _located_drafts(call: HookCall) -> list[tuple[str, dict]]:
     return [(f"context.draftOrders.entry[{i}].resource", r) for i, r in enumerate(call.drafts)]
 
 
 def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
-    """The orders being signed are the EHR's own request: checked before any data is fetched for them."""
-    call.hashes.update(validator.check(_located_drafts(call)))
+    """The orders being signed are the EHR's own request: checked before any data is fetched for them,
+    every problem named at once. A lone object where R4 wants a list is read as a list (recorded)."""
+    issues: list[Issue] = []
+    checked_drafts = []
+    for where, draft in _located_drafts(call):
+        rtype = draft.get("resourceType")
+        if rtype not in DRAFT_TYPES | _DRAFT_SUPPORT:
+            issues.append(
+                Issue(
+                    f"{where}.resourceType: {clip(rtype, 40)} is not an order order-sign carries "
+                    f"({', '.join(sorted(DRAFT_TYPES))})",
+                    (f"{where}.resourceType",),
+                )
+            )
+            continue
+        checked = validator.examine(draft, where)
+        call.hashes[id(checked.resource)] = checked.digest
+        issues.extend(checked.issues)
+        if rtype in DRAFT_TYPES:
+            scope = patient_scope_problem(checked.resource, call.request.patient_id)
+            path = f"{where}.{scope.element}" if scope else ""
+            if scope is not None and scope.certain:  # an order for someone else: never checked as ours
+                issues.append(Issue(f"{path}: {scope.why}", (path,)))
+            elif scope is not None:  # the context names the patient; the doubt is recorded
+                call.data_issues.append(
+                    DataIssue(where, Action.USED, scope.why, (path,), reference_of(draft), rtype)
+                )
+        if checked.normalised:
+            call.data_issues.append(
+                DataIssue(
+                    where,
+                    Action.NORMALISED,
+                    "a single object where FHIR R4 wants a list: read as a one-item list",
+                    tuple(checked.normalised),
+                    reference_of(draft),
+                    rtype,
+                )
+            )
+        checked_drafts.append(checked.resource)
+    if issues:
+        raise_invalid(issues)
+    call.drafts = checked_drafts
 
 
 def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
     """The prefetch as sent, the rest fetched from the EHR's FHIR server (prefetch.py)."""
     request = call.request
     client = fhir.client(request.fhir_server, request.access_token)
-    call.prefetch = resolve(call.service.templates, request.context, request.prefetch, client, executor)
+    call.prefetch = resolve(
+        call.service.templates,
+        request.context,
+        request.prefetch,
+        client,
+        executor,
+        service_id=call.service.id,
+    )
 
 
 def check_data(call: HookCall, validator: ResourceValidator) -> None:
-    located = [(f"prefetch.{key}", r) for key, r in call.prefetch.resources()]
-    call.hashes.update(validator.check(located))
-    wrong_patient = check_patient_consistency(located + _located_drafts(call), call.request.patient_id)
-    if wrong_patient:
-        raise InvalidRequest(wrong_patient[0].diagnostics, issues=wrong_patient)
+    """Screen the data per resource (ehr/data_quality.py); what cannot be read is set aside, recorded."""
+    for item in call.prefetch.items.values():
+        for path, why in item.entry_problems:
+            action = Action.NORMALISED if why.startswith("normalised") else Action.SET_ASIDE
+            call.data_issues.append(DataIssue(f"prefetch.{item.key}.{path}", action, why))
+    screened = screen(call.prefetch.located(), call.request.patient_id, validator, ELEMENTS_READ)
+    call.hashes.update(screened.digests)
+    call.data_issues.extend(screened.issues)
+    call.usable = screened.usable
 
 
 def build_facts(call: HookCall, builder: FactsBuilder) -> None:
     unavailable = frozenset(call.service.resource_types[k] for k in call.prefetch.unavailable)
+    # Types with something set aside; an entry that held no resource counts as its key's type.
+    incomplete = frozenset(
+        i.resource_type or call.service.resource_types.get(i.location.split(".")[1], "unknown")
+        for i in call.data_issues
+        if i.action is Action.SET_ASIDE and i.location.startswith("prefetch.")
+    )
     call.facts = builder.build(
-        [r for _, r in call.prefetch.resources()],
+        [r for _, r in call.usable],
         patient_id=call.request.patient_id,
         draft_orders=call.drafts,
         user_id=call.request.user_id,
         unavailable=unavailable,
+        incomplete=incomplete,
         today=call.today,
     )
+    bad_drafts = []
+    for source, position, error in call.facts.unreadable:
+        if source == "draft_orders":
+            where = f"context.draftOrders.entry[{position}].resource"
+            bad_drafts.append(Issue(f"{where}: could not be read ({error})", (where,)))
+        else:
+            where, resource = call.usable[position]
+            call.data_issues.append(
+                DataIssue(
+                    where,
+                    Action.SET_ASIDE,
+                    f"could not be read ({error})",
+                    (where,),
+                    reference_of(resource),
+                    resource.get("resourceType"),
+                )
+            )
+    if bad_drafts:
+        raise_invalid(bad_drafts)
 
 
 def run_rules(call: HookCall, terminology: Terminology) -> None:
@@ -233,6 +327,14 @@ def reason(call: HookCall, reasoner: Reasoner) -> None:
         call.llm["dropped"] = problems
     else:
         call.cards = enriched
+
+
+def report_data_quality(call: HookCall) -> None:
+    """Never "no cards" when a check could not run: an info card names the checks and why."""
+    card = data_quality_card(call.results, call.prefetch, call.data_issues)
+    if card is not None:
+        call.cards.append(card)
+        call.data_quality_card = card["uuid"]
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
@@ -279,6 +381,7 @@ class HookPipeline:
             if self.reasoner is not None and call.service.llm_task != "none":
                 reason(call, self.reasoner)
                 lap("llm")
+            report_data_quality(call)
         except CdsError as exc:
             call.error, call.status = exc, exc.status
         except Exception as exc:  # a defect: logged once, here; recorded and answered 500
@@ -297,5 +400,14 @@ class HookPipeline:
             timings["total"],
         )
         if call.error is not None:
+            if call.status < 500:  # why, for operators: fields and messages (they quote no patient data)
+                first = call.error.issues[0]
+                log.info(
+                    "decision %s rejected: %d issue(s); first: %s",
+                    call.decision_id,
+                    len(call.error.issues),
+                    clip(first.diagnostics, 200),
+                )
+            call.error.headers["X-Decision-Id"] = call.decision_id  # the record of a refusal, too
             raise call.error
         return HookAnswer({"cards": call.cards}, timings, call.decision_id)

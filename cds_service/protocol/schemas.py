@@ -24,6 +24,11 @@ from marshmallow import (
 from ..errors import FieldErrors, InvalidRequest
 from ..indicators import INDICATORS
 
+# Bounds on what one call may carry (each answered 400 naming the field): every evaluation stays
+# bounded within them (rules pair each draft with the other drafts and the patient's medications).
+MAX_DRAFT_ORDERS = 100
+MAX_PREFETCH_ENTRIES = 20_000  # Bundle entries across all prefetch keys
+
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 USER_REFERENCE = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$")
 
@@ -37,14 +42,26 @@ def load_or_400(schema: Schema, data, *, prefix: str = "") -> dict:
         raise InvalidRequest(issues[0].diagnostics, issues=issues) from exc
 
 
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
 def parse_uuid(value: str) -> str:
-    """Accept a UUID with or without the ``urn:uuid:`` prefix the spec allows; return it bare."""
+    """Accept a UUID (8-4-4-4-12 hex) with or without the ``urn:uuid:`` prefix the spec allows; return
+    it bare and lower-case."""
     text = value[9:] if value.lower().startswith("urn:uuid:") else value
+    if not _UUID.match(text):
+        raise ValueError("not a UUID")
     return str(uuidlib.UUID(text))
 
 
 class UuidString(fields.String):
+    """A UUID, as the OpenAPI document says (format uuid; a ``urn:uuid:`` prefix is also accepted)."""
+
     default_error_messages = {"invalid_uuid": "Not a valid UUID."}
+
+    def __init__(self, **kw):
+        kw.setdefault("metadata", {}).setdefault("format", "uuid")
+        super().__init__(**kw)
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -103,7 +120,10 @@ class BundleSchema(Schema):
         unknown = INCLUDE
 
     resourceType = fields.String(required=True, validate=validate.Equal("Bundle"))
-    entry = fields.List(JsonObject())
+    entry = fields.List(
+        JsonObject(),
+        validate=validate.Length(max=MAX_DRAFT_ORDERS, error="At most {max} draft orders per call."),
+    )
 
     @validates_schema
     def _entries_hold_resources(self, data, **kwargs):
@@ -170,9 +190,17 @@ class HookRequestSchema(Schema):
                 "fhirServer is required when fhirAuthorization is given (cds-r-1).", "fhirServer"
             )
         errors = {}
+        entries = 0
         for key, value in (data.get("prefetch") or {}).items():
             if value is not None and not isinstance(value, dict):
                 errors[key] = ["A prefetch value must be a FHIR resource (JSON object) or null."]
+            elif isinstance(value, dict) and isinstance(value.get("entry"), list):
+                entries += len(value["entry"])
+                if entries > MAX_PREFETCH_ENTRIES:
+                    errors[key] = {
+                        "entry": [f"More than {MAX_PREFETCH_ENTRIES} Bundle entries across the prefetch."]
+                    }
+                    break
         if errors:
             raise ValidationError({"prefetch": errors})
 

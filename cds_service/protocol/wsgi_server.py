@@ -1,8 +1,107 @@
-"""gunicorn, embedded: ``cds-service serve`` runs the app with the production WSGI server."""
+"""gunicorn, embedded: ``cds-service serve`` runs the app with the production WSGI server.
+
+`CdsThreadWorker` is gunicorn's gthread worker with two changes for hostile clients:
+- errors gunicorn's own HTTP parser answers before the app sees a request (bad request line, 414,
+  431, 417, a bad chunk size) leave as the same FHIR OperationOutcome every other error has, not as
+  gunicorn's HTML page;
+- every read from a client socket has a timeout (CDS_REQUEST_READ_TIMEOUT): gunicorn already waits
+  for a connection's first bytes off the thread pool, but a client that sends part of its headers or
+  body and then stalls would hold a thread for good; it gets a 408 instead. A reverse proxy in front
+  (compose.yaml: nginx) buffers whole requests and is the real defence against many slow clients.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from ..errors import clip
+
+log = logging.getLogger(__name__)
+
+_read_timeout_s = 10.0  # set by run() before the workers fork; a 5 MB body takes < 1 s on a LAN
+_ISSUE_CODES = {
+    400: "invalid",
+    408: "timeout",
+    413: "too-costly",
+    414: "too-long",
+    417: "not-supported",
+    431: "too-long",
+    501: "not-supported",
+}
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def write_operation_outcome(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's `util.write_error`, answering an OperationOutcome (application/fhir+json)."""
+    code = _ISSUE_CODES.get(status_int, "invalid" if status_int < 500 else "exception")
+    text = f"{reason}: {mesg}" if mesg else reason
+    body = json.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": clip(text, 200)}],
+        }
+    ).encode("utf-8")
+    head = [f"HTTP/1.1 {status_int} {reason}", "Connection: close", "Content-Type: application/fhir+json"]
+    head += [f"{k}: {v}" for k, v in SECURITY_HEADERS.items()]
+    head.append(f"Content-Length: {len(body)}")
+    util.write_nonblock(sock, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+
+class RequestReadTimeout(Exception):
+    """The client stalled while sending its request line or headers."""
+
+
+class _TimedParser:
+    """gunicorn's request parser, with a socket timeout turned into RequestReadTimeout: as an OSError
+    it would be logged as a socket fault and the connection dropped without an answer."""
+
+    def __init__(self, parser):
+        self._parser = parser
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._parser)
+        except TimeoutError as exc:
+            raise RequestReadTimeout() from exc
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
+
+
+_gthread_init = TConn.init
+
+
+def _init_with_read_timeout(conn: TConn) -> None:
+    _gthread_init(conn)  # runs once per connection; the timeout is set again for each request
+    conn.sock.settimeout(_read_timeout_s)
+    if conn.parser is not None and not isinstance(conn.parser, _TimedParser):
+        conn.parser = _TimedParser(conn.parser)
+
+
+class CdsThreadWorker(ThreadWorker):
+    def init_process(self):
+        # This worker process only: gunicorn's error writer and the connection set-up.
+        util.write_error = write_operation_outcome
+        TConn.init = _init_with_read_timeout
+        super().init_process()
+
+    def handle_error(self, req, client, addr, exc):
+        if isinstance(exc, (RequestReadTimeout, TimeoutError)):  # a client that stalled mid-request
+            self.log.info("request read timed out after %ss", _read_timeout_s)
+            try:
+                write_operation_outcome(client, 408, "Request Timeout", "the request was not sent in time")
+            except OSError:
+                pass
+            return
+        super().handle_error(req, client, addr, exc)
 
 
 class CdsGunicorn(BaseApplication):
@@ -22,16 +121,22 @@ class CdsGunicorn(BaseApplication):
         return create_app(strict=True)
 
 
-def run(host: str, port: int, workers: int, threads: int) -> None:
+def run(host: str, port: int, workers: int, threads: int, read_timeout: float = 10.0) -> None:
+    global _read_timeout_s
+    _read_timeout_s = read_timeout
     CdsGunicorn(
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": "cds_service.protocol.wsgi_server.CdsThreadWorker",
             "threads": threads,
             "timeout": 60,
             "graceful_timeout": 20,
             "keepalive": 5,
+            # gunicorn's defaults, stated: request line 4094 bytes (414), 100 header fields of 8190 (431)
+            "limit_request_line": 4094,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
             "accesslog": "-",
             # No query strings or bodies in the access log: paths here carry no patient data.
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',

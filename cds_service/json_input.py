@@ -1,0 +1,97 @@
+"""JSON from outside (a client's request body, a FHIR server's answer), read within limits.
+
+RFC 8259 JSON only: ``NaN``/``Infinity`` (which Python's parser accepts) and numbers that overflow a
+float are refused, since they cannot be stored (PostgreSQL JSON) or compared. Nesting is bounded
+well below Python's recursion limit, so nothing downstream (validation, hashing, canonical JSON)
+can recurse out of stack; FHIR resources nest about 10 deep, a request carrying a Bundle about 20.
+A string holding a lone UTF-16 surrogate (``"\\ud800"``) is valid JSON text but not Unicode: it is
+refused here rather than failing later when the record is hashed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from .errors import InvalidRequest, clip, field_path
+
+MAX_DEPTH = 64  # nesting of objects and arrays
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # only escapes can carry a lone surrogate
+
+
+class JsonInputError(InvalidRequest):
+    """Not JSON this service can take; `expression` names where, when known."""
+
+
+def _constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {clip(text, 40)} is out of range")
+    return value
+
+
+def parse_json(raw: bytes | str, *, where: str = "body") -> Any:
+    """Parse and check; raises JsonInputError (400) naming the problem and, when known, the field."""
+    try:
+        value = json.loads(raw, parse_constant=_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise JsonInputError(f"{where}: JSON nested more than {MAX_DEPTH} levels", expression=where) from None
+    except ValueError as exc:  # JSONDecodeError, bad constants, int digits beyond Python's limit
+        raise JsonInputError(f"{where} is not valid JSON: {clip(str(exc), 200)}", expression=where) from exc
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    check_structure(value, where, strings=bool(_SURROGATE_ESCAPE.search(data)))
+    return value
+
+
+def check_structure(value: Any, where: str = "body", *, strings: bool = True) -> None:
+    """Depth limit and (when `strings`) lone surrogates, walked without recursion."""
+    stack: list[tuple[Any, tuple, int]] = [(value, (), 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth >= MAX_DEPTH:
+                _too_deep(where, path)
+            for key, child in node.items():
+                if strings and not _is_unicode(key):
+                    _bad_string(where, path)
+                if isinstance(child, (dict, list)) or (strings and isinstance(child, str)):
+                    stack.append((child, (*path, key), depth + 1))
+        elif isinstance(node, list):
+            if depth >= MAX_DEPTH:
+                _too_deep(where, path)
+            for i, child in enumerate(node):
+                if isinstance(child, (dict, list)) or (strings and isinstance(child, str)):
+                    stack.append((child, (*path, i), depth + 1))
+        elif isinstance(node, str) and not _is_unicode(node):
+            _bad_string(where, path)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _location(where: str, path: tuple) -> str:
+    inner = field_path(p if isinstance(p, int) else clip(p, 40) for p in path)
+    return f"{where}.{inner}" if inner and where != "body" else (inner or where)
+
+
+def _too_deep(where: str, path: tuple) -> None:
+    location = _location(where, path[:8])
+    raise JsonInputError(f"{location}: JSON nested more than {MAX_DEPTH} levels", expression=location)
+
+
+def _bad_string(where: str, path: tuple) -> None:
+    location = _location(where, path)
+    raise JsonInputError(
+        f"{location}: a string holds a lone UTF-16 surrogate (not Unicode text)", expression=location
+    )
