@@ -36,11 +36,21 @@ def _content_or_exit(settings, code: int):
         sys.exit(code)
 
 
-def _storage():
+def _open_storage(settings):
+    """The decision log, or exit saying why (an older layout names what it lacks)."""
+    from .audit.storage import SchemaOutdated
     from .runtime import Storage
 
+    try:
+        return Storage.open(settings)
+    except SchemaOutdated as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _storage():
     settings = _settings()
-    return settings, Storage.open(settings)
+    return settings, _open_storage(settings)
 
 
 @main.command()
@@ -59,13 +69,12 @@ def _storage():
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the service under gunicorn (the production WSGI server)."""
     from .protocol.wsgi_server import run
-    from .runtime import Storage
 
     settings = _settings()
     _content_or_exit(settings, 2)  # fail before forking workers if content is broken
     # Create the tables once, here, before the workers fork: workers creating them at the same time on an
     # empty SQLite file race ("table already exists" / "database is locked") and one fails to boot.
-    Storage.open(settings).close()
+    _open_storage(settings).close()
     base = f"http://{host}:{port}"
     click.echo(f"CDS Hooks discovery:  {base}/cds-services")
     click.echo(f"OpenAPI document:     {base}/openapi.json")

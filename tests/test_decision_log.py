@@ -331,3 +331,17 @@ def test_audit_api_needs_an_auditor_token_separate_from_clients(make_app, tmp_pa
     assert export.mimetype == "application/fhir+json" and export.get_json()["entry"]
     assert client.get("/audit/decisions?since=notadate", headers=auth).status_code == 400
     assert client.post("/audit/decisions", headers=auth).status_code == 405  # read-only
+
+
+def test_an_older_database_layout_is_refused_at_start_with_what_it_lacks(tmp_path):
+    """create_all never alters an existing table: starting on an older layout must say so, not fail later."""
+    from sqlalchemy import create_engine, text
+
+    from cds_service.audit.storage import SchemaOutdated, open_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    open_engine(url).dispose()
+    with create_engine(url).begin() as conn:  # the feedback table as an older version made it
+        conn.execute(text("ALTER TABLE feedback DROP COLUMN prev_hash"))
+    with pytest.raises(SchemaOutdated, match="feedback lacks prev_hash"):
+        open_engine(url)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -179,8 +180,28 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+class SchemaOutdated(RuntimeError):
+    """The database was created by an older version whose tables lack columns this one writes."""
+
+
 def init_schema(engine: Engine) -> None:
     metadata.create_all(engine)
+    # create_all never alters an existing table: refuse to start on an older layout rather than fail
+    # on every call (migrations: issue 13).
+    existing = inspect(engine)
+    missing = {
+        table.name: sorted(c.name for c in table.columns if c.name not in have)
+        for table in metadata.sorted_tables
+        if (have := {c["name"] for c in existing.get_columns(table.name)})
+        and not {c.name for c in table.columns} <= have
+    }
+    if missing:
+        detail = "; ".join(f"{t} lacks {', '.join(cols)}" for t, cols in missing.items())
+        raise SchemaOutdated(
+            f"the decision log at {engine.url.render_as_string(hide_password=True)} was created by an older "
+            f"version ({detail}). Keep it (its records verify with that version) and point CDS_DATA_DIR or "
+            "CDS_DECISION_LOG at a new location."
+        )
 
 
 @contextmanager
