@@ -131,6 +131,7 @@ class PrefetchUnavailable(CdsError):
     """Data the service requires could not be had from prefetch or the FHIR server (spec: 412)."""
 
     status, code = 412, "processing"
+    partial = None  # the prefetch keys resolved before the failure (ehr.prefetch.PrefetchResult), if any
 
 
 class PayloadTooLarge(CdsError):

@@ -345,3 +345,20 @@ def test_an_older_database_layout_is_refused_at_start_with_what_it_lacks(tmp_pat
         conn.execute(text("ALTER TABLE feedback DROP COLUMN prev_hash"))
     with pytest.raises(SchemaOutdated, match="feedback lacks prev_hash"):
         open_engine(url)
+
+
+def test_a_412_record_says_why_for_every_key(app):
+    """Not only the status: the error names each missing key, and the data section lists every key with
+    what happened to it (sent, or unavailable and why)."""
+    client = app.test_client()
+    body = builders.order_sign(CASE, prefetch_keys=("patient",))
+    response = client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 412
+    record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
+    assert record["response"] == {"status": 412}
+    missing = {e for i in record["error"]["issue"] for e in i["expression"]}
+    assert "prefetch.medications" in missing
+    data = {d["key"]: d for d in record["data"]}
+    assert data["patient"]["origin"] == "prefetch"
+    assert data["medications"]["origin"] == "unavailable"
+    assert "no fhirServer" in data["medications"]["problem"]

@@ -206,8 +206,24 @@ def test_paging_follows_next_links(fake_fhir):
     fake_fhir.routes["Observation?page=3"] = Reply(
         200, searchset([{"resourceType": "Observation", "id": "o3"}])
     )
-    resources, pages = make_client(base, [base]).get("Observation?subject=Patient/p1")
-    assert [r["id"] for r in resources] == ["o1", "o2", "o3"] and pages == 3
+    resources, pages, junk = make_client(base, [base]).get("Observation?subject=Patient/p1")
+    assert [r["id"] for r in resources] == ["o1", "o2", "o3"] and pages == 3 and junk == []
+
+
+def test_entries_without_a_resource_in_a_fetched_page_are_reported_not_dropped(fake_fhir):
+    base = fake_fhir.base_url
+    first = searchset([{"resourceType": "Observation", "id": "o1"}], next_url=f"{base}/Observation?page=2")
+    first["entry"].append({"fullUrl": "x"})
+    second = searchset([{"resourceType": "Observation", "id": "o2"}])
+    second["entry"].insert(0, 7)
+    fake_fhir.routes["Observation?subject=Patient/p1"] = Reply(200, first)
+    fake_fhir.routes["Observation?page=2"] = Reply(200, second)
+    resources, _, junk = make_client(base, [base]).get("Observation?subject=Patient/p1")
+    assert [r["id"] for r in resources] == ["o1", "o2"]
+    assert junk == [
+        ("entry[1]", "the entry holds no resource object"),
+        ("page[1].entry[0]", "the entry holds no resource object"),
+    ]
 
 
 def test_paging_is_bounded_and_says_how_much_was_read(fake_fhir):
@@ -237,7 +253,7 @@ def test_included_resources_do_not_count_as_matches(fake_fhir):
     )
     bundle["total"] = 1
     fake_fhir.routes["MedicationRequest?subject=Patient/p1"] = Reply(200, bundle)
-    resources, _ = make_client(fake_fhir.base_url, [fake_fhir.base_url]).get(
+    resources, *_ = make_client(fake_fhir.base_url, [fake_fhir.base_url]).get(
         "MedicationRequest?subject=Patient/p1"
     )
     assert [r["id"] for r in resources] == ["m1", "x"]

@@ -188,9 +188,10 @@ class FhirClient:
     def url_for(self, relative: str) -> str:
         return _absolute(self.base_url + "/", relative.lstrip("/"), "the rendered prefetch query")
 
-    def get(self, relative: str) -> tuple[list[dict], int]:
+    def get(self, relative: str) -> tuple[list[dict], int, list[tuple[str, str]]]:
         """Run a rendered prefetch query. A read returns [resource] (or raises FhirNotFound); a search
-        returns every entry resource across pages. Returns (resources, pages fetched)."""
+        returns every entry resource across pages. Returns (resources, pages fetched, entries that held no
+        resource as (path, why), for the data screen to record)."""
         url = self.url_for(relative)
         path, _, query = relative.partition("?")
         segments = path.strip("/").split("/")
@@ -201,26 +202,27 @@ class FhirClient:
                 raise FhirBadResponse(
                     f"{FhirBadResponse.reason}: asked for a {segments[0]}, got a {clip(got)}"
                 )
-            return [body], 1
+            return [body], 1, []
         if got != "Bundle":
             if query:
                 raise FhirBadResponse(
                     f"{FhirBadResponse.reason}: a {segments[0]} search answered a {clip(got)}, not a Bundle"
                 )
-            return [body], 1
-        resources, pages = self._pages(body, url, counted=1)
-        return resources, pages + 1
+            return [body], 1, []
+        resources, pages, junk = self._pages(body, url, counted=1)
+        return resources, pages + 1, junk
 
-    def follow_pages(self, bundle: dict) -> tuple[list[dict], int]:
+    def follow_pages(self, bundle: dict) -> tuple[list[dict], int, list[tuple[str, str]]]:
         """Complete a paginated searchset the client prefetched (spec: Example of Pagination)."""
         return self._pages(bundle, self.base_url + "/", counted=0)
 
-    def _pages(self, bundle: dict, base: str, counted: int) -> tuple[list[dict], int]:
+    def _pages(self, bundle: dict, base: str, counted: int) -> tuple[list[dict], int, list[tuple[str, str]]]:
         """The bundle's resources and those of every `next` page after it (each allowlisted), up to the
         page cap (`counted` pages already count against it): partial data is refused, never used.
-        Returns (resources, further pages fetched)."""
+        Returns (resources, further pages fetched, entries without a resource as (path, why))."""
         total = bundle.get("total")
-        resources = bundle_resources(bundle)
+        entries, junk = bundle_entries(bundle)
+        resources = [r for _, r in entries]
         matches = _match_count(bundle)
         pages = 0
         next_url = next_link(bundle)
@@ -236,7 +238,9 @@ class FhirClient:
                     f"{FhirBadResponse.reason}: a next page is a {clip(bundle['resourceType'])}, not a Bundle"
                 )
             pages += 1
-            resources.extend(bundle_resources(bundle))
+            entries, page_junk = bundle_entries(bundle)
+            resources.extend(r for _, r in entries)
+            junk += [(f"page[{pages}].{path}", why) for path, why in page_junk]
             matches += _match_count(bundle)
             next_url = next_link(bundle)
         if isinstance(total, int) and not isinstance(total, bool) and total > matches:
@@ -245,7 +249,7 @@ class FhirClient:
                 f"the server reported {total} matches but sent {matches} and no next link; "
                 "refusing to act on partial data"
             )
-        return resources, pages
+        return resources, pages, junk
 
     def _get_json(self, url: str) -> dict:
         if not self._allowlist.permits(url):
@@ -387,7 +391,3 @@ def bundle_entries(bundle: dict) -> tuple[list[tuple[int, dict]], list[tuple[str
             continue  # search warnings, not data
         out.append((i, resource))
     return out, junk
-
-
-def bundle_resources(bundle: dict) -> list[dict]:
-    return [resource for _, resource in bundle_entries(bundle)[0]]

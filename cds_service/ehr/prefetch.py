@@ -235,7 +235,7 @@ def resolve(
                 )
             )
 
-    def fetch(query: str | None, bundle: dict | None) -> tuple[list[dict], int]:
+    def fetch(query: str | None, bundle: dict | None) -> tuple[list[dict], int, list[tuple[str, str]]]:
         """May run in a worker thread: network only, no shared-state writes. Raises FhirAccessError."""
         return client.follow_pages(bundle) if bundle is not None else client.get(query)
 
@@ -274,9 +274,9 @@ def resolve(
         for (template, query, bundle), future in zip(jobs, futures, strict=True):
             try:
                 if future is None:
-                    resources, pages = fetch(query, bundle)
+                    resources, pages, junk = fetch(query, bundle)
                 else:
-                    resources, pages = future.result(timeout=max(client.remaining(), 0.0))
+                    resources, pages, junk = future.result(timeout=max(client.remaining(), 0.0))
             except FhirAccessError as exc:
                 unavailable(template, exc.diagnostics)
                 continue
@@ -300,6 +300,7 @@ def resolve(
                 pages=pages,
                 note=note,
                 searchset=bundle is not None or not template.is_read,
+                entry_problems=junk,
             )
         for template in ready:
             item = items.get(template.key)
@@ -311,7 +312,9 @@ def resolve(
                     "type": "searchset",
                     "entry": [{"resource": r} for r in item.resources],
                 }
-    if failures:
-        raise PrefetchUnavailable(failures[0].diagnostics, issues=failures)
     ordered = {t.key: items[t.key] for t in templates if t.key in items}
+    if failures:
+        error = PrefetchUnavailable(failures[0].diagnostics, issues=failures)
+        error.partial = PrefetchResult(ordered)  # what was had and why the rest was not: for the record
+        raise error
     return PrefetchResult(ordered)

@@ -36,7 +36,7 @@ from ..ehr.data_quality import Action, DataIssue, reference_of, screen
 from ..ehr.fhir_client import FhirAccess
 from ..ehr.prefetch import PrefetchResult, resolve
 from ..ehr.validation import ResourceValidator, patient_scope_problem, raise_invalid
-from ..errors import CdsError, InvalidRequest, Issue, clip
+from ..errors import CdsError, InvalidRequest, Issue, PrefetchUnavailable, clip
 from ..reasoning.reasoner import Reasoner
 from .cards import IssuedCard, RejectedCard, cards_for, data_quality_card, validate_card
 from .client_auth import ClientIdentity
@@ -247,14 +247,18 @@ def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
     """The prefetch as sent, the rest fetched from the EHR's FHIR server (prefetch.py)."""
     request = call.request
     client = fhir.client(request.fhir_server, request.access_token)
-    call.prefetch = resolve(
-        call.service.templates,
-        request.context,
-        request.prefetch,
-        client,
-        executor,
-        service_id=call.service.id,
-    )
+    try:
+        call.prefetch = resolve(
+            call.service.templates,
+            request.context,
+            request.prefetch,
+            client,
+            executor,
+            service_id=call.service.id,
+        )
+    except PrefetchUnavailable as exc:  # a 412's record still lists every key: had, skipped, missing
+        call.prefetch = exc.partial
+        raise
 
 
 def check_data(call: HookCall, validator: ResourceValidator) -> None:
