@@ -160,7 +160,7 @@ def review(stats: list[RuleStats]) -> list[ReviewItem]:
                 ReviewItem(
                     s.rule_id,
                     s.version,
-                    f"not evaluated on all data in {s.skipped} of {s.evaluated} calls: data missing or unreadable",
+                    f"not evaluated on all data in {s.skipped} of {s.evaluated} calls (missing, unreadable)",
                     "check the service's prefetch and the EHR's data feed",
                 )
             )
