@@ -5,7 +5,8 @@ float are refused, since they cannot be stored (PostgreSQL JSON) or compared. Ne
 well below Python's recursion limit, so nothing downstream (validation, hashing, canonical JSON)
 can recurse out of stack; FHIR resources nest about 10 deep, a request carrying a Bundle about 20.
 A string holding a lone UTF-16 surrogate (``"\\ud800"``) is valid JSON text but not Unicode: it is
-refused here rather than failing later when the record is hashed.
+refused here rather than failing later when the record is hashed. Bytes must be UTF-8 (RFC 8259 §8.1;
+a BOM is ignored): Python's parser would otherwise guess UTF-16/32 and let surrogates through.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from .errors import InvalidRequest, clip, field_path
 
 MAX_DEPTH = 64  # nesting of objects and arrays
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # only escapes can carry a lone surrogate
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # in UTF-8 text only escapes carry a surrogate
 
 
 class JsonInputError(InvalidRequest):
@@ -38,14 +39,20 @@ def _finite_float(text: str) -> float:
 
 def parse_json(raw: bytes | str, *, where: str = "body") -> Any:
     """Parse and check; raises JsonInputError (400) naming the problem and, when known, the field."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise JsonInputError(
+                f"{where} is not UTF-8 text (byte {exc.start}): JSON between systems is UTF-8", expression=where
+            ) from None
     try:
         value = json.loads(raw, parse_constant=_constant, parse_float=_finite_float)
     except RecursionError:
         raise JsonInputError(f"{where}: JSON nested more than {MAX_DEPTH} levels", expression=where) from None
     except ValueError as exc:  # JSONDecodeError, bad constants, int digits beyond Python's limit
         raise JsonInputError(f"{where} is not valid JSON: {clip(str(exc), 200)}", expression=where) from exc
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    check_structure(value, where, strings=bool(_SURROGATE_ESCAPE.search(data)))
+    check_structure(value, where, strings=bool(_SURROGATE_ESCAPE.search(raw)))
     return value
 
 

@@ -31,7 +31,6 @@ Exceptions (all `FhirAccessError`, itself a `PrefetchUnavailable`, so HTTP 412 b
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import requests
 import urllib3
 
 from ..errors import PrefetchUnavailable, clip
+from ..json_input import JsonInputError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +280,12 @@ class FhirClient:
             raise self._transport_error(exc, url) from exc
         except ValueError as exc:  # a URL that parses as a string but not as a request target
             raise FhirBadResponse(f"{FhirBadResponse.reason}: not a valid request URL") from exc
-        try:
-            body = json.loads(content)
-        except (ValueError, RecursionError) as exc:  # not JSON, or JSON nested beyond the parser
-            raise FhirBadResponse(f"{FhirBadResponse.reason}: body is not JSON") from exc
+        try:  # the same rules as a client's body: UTF-8, finite numbers, no lone surrogates, bounded depth
+            body = parse_json(content, where="the FHIR answer")
+        except JsonInputError as exc:
+            raise FhirBadResponse(
+                f"{FhirBadResponse.reason}: body is not usable JSON ({exc.diagnostics})"
+            ) from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirBadResponse(f"{FhirBadResponse.reason}: body is not a FHIR resource")
         if body["resourceType"] == "OperationOutcome":

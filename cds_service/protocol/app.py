@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -47,6 +47,7 @@ def create_app(
         max_age=600,
     )
     _register_errors(app)
+    app.after_request(_drain_unread_body)
     security_headers.init_app(
         app, hsts_max_age=settings.hsts_max_age, public_base_url=settings.public_base_url
     )
@@ -54,6 +55,19 @@ def create_app(
     app.register_blueprint(hooks_api)
     app.register_blueprint(audit_api)
     return app
+
+
+def _drain_unread_body(response: Response) -> Response:
+    """Read what is left of a body the answer did not need (a 415, 401 or 404 decided before reading
+    it), within CDS_MAX_REQUEST_BYTES: gunicorn answers keep-alive, then drops a connection whose body
+    is left unread, and the client's next request on it fails."""
+    length = request.content_length
+    if length and length <= current_app.config["MAX_CONTENT_LENGTH"]:
+        try:
+            request.get_data(cache=False)  # at once when the body was already read
+        except Exception:
+            pass
+    return response
 
 
 def outcome_response(error: CdsError) -> Response:
