@@ -362,3 +362,19 @@ def test_a_412_record_says_why_for_every_key(app):
     assert data["patient"]["origin"] == "prefetch"
     assert data["medications"]["origin"] == "unavailable"
     assert "no fhirServer" in data["medications"]["problem"]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "postgresql://127.0.0.1:5432/test"])
+def test_database_errors_never_carry_bound_values(url):
+    """A failing statement's message (logged by the app's error handler) shows the SQL, never the values:
+    those are decision records, comments, patient references."""
+    from sqlalchemy import text
+
+    from cds_service.audit.storage import make_engine
+
+    engine = make_engine(url)
+    with pytest.raises(Exception) as caught, engine.connect() as conn:
+        conn.execute(text("SELECT nope FROM no_such_table WHERE a = :a"), {"a": "Patient/secret-123"})
+    engine.dispose()
+    assert "no_such_table" in str(caught.value)  # the statement reached the database and failed there
+    assert "secret-123" not in str(caught.value)
