@@ -44,7 +44,8 @@ def parse_json(raw: bytes | str, *, where: str = "body") -> Any:
             raw = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise JsonInputError(
-                f"{where} is not UTF-8 text (byte {exc.start}): JSON between systems is UTF-8", expression=where
+                f"{where} is not UTF-8 text (byte {exc.start}): JSON between systems is UTF-8",
+                expression=where,
             ) from None
     try:
         value = json.loads(raw, parse_constant=_constant, parse_float=_finite_float)

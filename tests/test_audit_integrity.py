@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, select, update
 
 from cds_service.audit import query as query_module
 from cds_service.audit.auditors import create_token
@@ -47,27 +47,11 @@ def engine(request, tmp_path):
         yield engine
         engine.dispose()
         return
-    url = request.getfixturevalue("pg_url")
+    url = request.getfixturevalue("postgres_url")
     engine = make_engine(url)
     init_schema(engine)
     yield engine
     engine.dispose()
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh schema in the machine's PostgreSQL (127.0.0.1:5432, database test), dropped afterwards."""
-    schema = f"cds_test_{uuid.uuid4().hex[:10]}"
-    admin = make_engine("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
-    yield f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def _record(i: int, when: str | None = None) -> DecisionRecord:

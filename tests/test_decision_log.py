@@ -212,22 +212,6 @@ def test_concurrent_appends_from_several_processes_keep_one_chain_sqlite(tmp_pat
     assert report.ok and report.checked == 80
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh schema in the machine's PostgreSQL (127.0.0.1:5432, database test), dropped afterwards."""
-    schema = f"cds_test_{uuid.uuid4().hex[:10]}"
-    admin = make_engine("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
-    yield f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
 @pytest.mark.postgres
 def test_postgresql_end_to_end_and_concurrent(make_app, postgres_url):
     app = make_app(CDS_DECISION_LOG=postgres_url)
@@ -335,7 +319,7 @@ def test_audit_api_needs_an_auditor_token_separate_from_clients(make_app, tmp_pa
 
 def test_an_older_database_layout_is_refused_at_start_with_what_it_lacks(tmp_path):
     """create_all never alters an existing table: starting on an older layout must say so, not fail later."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
 
     from cds_service.audit.storage import SchemaOutdated, open_engine
 
@@ -368,7 +352,6 @@ def test_a_412_record_says_why_for_every_key(app):
 def test_database_errors_never_carry_bound_values(url):
     """A failing statement's message (logged by the app's error handler) shows the SQL, never the values:
     those are decision records, comments, patient references."""
-    from sqlalchemy import text
 
     from cds_service.audit.storage import make_engine
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 from test_serve import free_port, wait_ready
 
 from cds_service.audit.storage import jwt_replay, make_engine
@@ -60,22 +60,6 @@ def assert_second_instance_refuses(make_app, signer, **shared):
 
 def test_two_instances_sharing_the_sqlite_decision_log_refuse_a_replay(make_app, signer):
     assert_second_instance_refuses(make_app, signer)  # make_app: one CDS_DATA_DIR per test
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh schema in the machine's PostgreSQL (127.0.0.1:5432, database test), dropped afterwards."""
-    schema = f"cds_test_{uuid.uuid4().hex[:10]}"
-    admin = make_engine("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 @pytest.mark.postgres

@@ -332,6 +332,16 @@ _MEDICATION_ELEMENTS = frozenset(
         "recorder",
     }
 )
+# Coded, dated events (facts.Event); each read by _event below.
+EVENT_TYPES = (
+    "Encounter",
+    "Procedure",
+    "CarePlan",
+    "ServiceRequest",
+    "DiagnosticReport",
+    "Immunization",
+    "Communication",
+)
 _EVENT_ELEMENTS = frozenset(
     {
         "status",
@@ -404,18 +414,7 @@ ELEMENTS_READ: dict[str, frozenset[str]] = {
             "interpretation",
         }
     ),
-    **{
-        t: _EVENT_ELEMENTS
-        for t in (
-            "Encounter",
-            "Procedure",
-            "CarePlan",
-            "ServiceRequest",
-            "DiagnosticReport",
-            "Immunization",
-            "Communication",
-        )
-    },
+    **{t: _EVENT_ELEMENTS for t in EVENT_TYPES},
 }
 
 
@@ -475,15 +474,7 @@ class FactsBuilder:
                     conditions.append(self._condition(r))
                 elif rtype == "Observation":
                     observations.extend(self._observations(r))
-                elif rtype in (
-                    "Encounter",
-                    "Procedure",
-                    "CarePlan",
-                    "ServiceRequest",
-                    "DiagnosticReport",
-                    "Immunization",
-                    "Communication",
-                ):
+                elif rtype in EVENT_TYPES:
                     events.append(self._event(r))
             except Exception as exc:  # screened data the builder still cannot read: set aside, said
                 unreadable.append(("resources", position, type(exc).__name__))
