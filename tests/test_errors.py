@@ -175,3 +175,27 @@ def test_malformed_input_is_4xx_never_5xx(client, payload):
 
 def test_feedback_errors_have_the_same_shape(client):
     assert_outcome(client.post("/cds-services/medication-order-check/feedback", json={"feedback": [{}]}), 400)
+
+
+def test_a_4xx_is_logged_with_its_reason_and_no_patient_data(client, caplog):
+    body = builders.order_sign({"draftOrders": ["Ibuprofen 200 MG Oral Tablet"]})
+    body["context"]["patientId"] = "Pat-Secret-77"
+    body["prefetch"]["patient"]["id"] = "Pat-Secret-77"
+    body["context"]["draftOrders"]["entry"][0]["resource"]["status"] = "bogus"
+    body["fhirAuthorization"] = {
+        "access_token": "tok-SECRET",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds",
+    }
+    body["fhirServer"] = "https://ehr.example/fhir"
+    with caplog.at_level("INFO", logger="cds_service"):
+        response = client.post(SERVICE, json=body)
+    assert response.status_code == 400
+    lines = [r.getMessage() for r in caplog.records if "-> 400" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "context.draftOrders.entry[0].resource.status" in lines[0]
+    assert response.headers["X-Decision-Id"] in lines[0]
+    everything = caplog.text
+    assert "Pat-Secret-77" not in everything and "tok-SECRET" not in everything

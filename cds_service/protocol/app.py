@@ -16,7 +16,15 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..audit.api import audit_api
-from ..errors import CdsError, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..errors import (
+    CdsError,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    clip,
+)
 from ..runtime import Runtime
 from ..settings import Settings
 from . import rate_limit, security_headers
@@ -82,6 +90,17 @@ def outcome_response(error: CdsError) -> Response:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(CdsError)
     def _cds_error(error: CdsError):
+        if error.status < 500:  # why, for operators: the first issue (our messages quote no patient data)
+            first = error.issues[0]
+            log.info(
+                "%s %s -> %d (%d issue(s)%s): %s",
+                request.method,
+                request.path,
+                error.status,
+                len(error.issues),
+                f", decision {error.headers['X-Decision-Id']}" if "X-Decision-Id" in error.headers else "",
+                clip(first.diagnostics, 200),
+            )
         return outcome_response(error)
 
     @app.errorhandler(RequestEntityTooLarge)

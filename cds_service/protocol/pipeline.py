@@ -404,14 +404,7 @@ class HookPipeline:
             timings["total"],
         )
         if call.error is not None:
-            if call.status < 500:  # why, for operators: fields and messages (they quote no patient data)
-                first = call.error.issues[0]
-                log.info(
-                    "decision %s rejected: %d issue(s); first: %s",
-                    call.decision_id,
-                    len(call.error.issues),
-                    clip(first.diagnostics, 200),
-                )
-            call.error.headers["X-Decision-Id"] = call.decision_id  # the record of a refusal, too
+            # the record of a refusal, too; the app's error handler logs why
+            call.error.headers["X-Decision-Id"] = call.decision_id
             raise call.error
         return HookAnswer({"cards": call.cards}, timings, call.decision_id)
