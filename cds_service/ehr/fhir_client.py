@@ -284,7 +284,7 @@ class FhirClient:
             body = parse_json(content, where="the FHIR answer")
         except JsonInputError as exc:
             raise FhirBadResponse(
-                f"{FhirBadResponse.reason}: body is not usable JSON ({exc.diagnostics})"
+                f"{FhirBadResponse.reason}: body is not JSON it can read ({exc.diagnostics})"
             ) from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirBadResponse(f"{FhirBadResponse.reason}: body is not a FHIR resource")
