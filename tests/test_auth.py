@@ -10,30 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
-
-ISS = "https://ehr.example.test"
+from jwt_client import ISS, client_keys, signing_key, token, write_clients
 
 
 @pytest.fixture
 def keys(tmp_path):
-    private = ec.generate_private_key(ec.SECP384R1())
-    jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
-    jwk.update({"kid": "k1", "alg": "ES384", "use": "sig"})
-    path = tmp_path / "clients.json"
-    path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": {"keys": [jwk]}, "tenant": "hospital-a"}]}))
-    return private, str(path)
-
-
-def token(private, aud, **changes):
-    now = int(time.time())
-    claims = {"iss": ISS, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
-    claims.update(changes)
-    headers = {"kid": "k1", "typ": "JWT"}
-    return jwt.encode(
-        {k: v for k, v in claims.items() if v is not None}, private, algorithm="ES384", headers=headers
-    )
+    return client_keys(tmp_path)
 
 
 def test_valid_token_is_accepted_and_replay_refused(make_app, keys):
@@ -127,18 +109,14 @@ SERVICE = "/cds-services/medication-order-check"
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     """A clients file trusting the sandbox's issuer with a pinned key set; any key fetch fails the test."""
-    private = ec.generate_private_key(ec.SECP384R1())
-    jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
-    jwk.update({"kid": SANDBOX_KID, "alg": "ES384", "use": "sig"})
-    path = tmp_path / "clients.json"
-    entry = {"iss": SANDBOX_ISS, "jku": [SANDBOX_JKU], "jwks": {"keys": [jwk]}}
-    path.write_text(json.dumps({"clients": [entry]}))
+    private, jwk = signing_key(SANDBOX_KID)
+    path = write_clients(tmp_path, [{"iss": SANDBOX_ISS, "jku": [SANDBOX_JKU], "jwks": {"keys": [jwk]}}])
 
     def no_fetch(*args, **kwargs):
         raise AssertionError("a key set was fetched")
 
     monkeypatch.setattr("urllib.request.OpenerDirector.open", no_fetch)
-    return private, str(path)
+    return private, path
 
 
 def sandbox_token(private, aud, jku=SANDBOX_JKU):
@@ -192,9 +170,7 @@ def test_sandbox_token_naming_another_key_set_is_refused(make_app, sandbox, jku)
 
 def test_jwks_url_client_accepts_its_url_and_listed_jku_only(make_app, tmp_path):
     """`jwks_url` mode: keys fetched from the configured URL; a jku equal to it, or listed, is accepted."""
-    private = ec.generate_private_key(ec.SECP384R1())
-    jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
-    jwk.update({"kid": "k1", "alg": "ES384", "use": "sig"})
+    private, jwk = signing_key()
     body = json.dumps({"keys": [jwk]}).encode()
 
     class Jwks(BaseHTTPRequestHandler):

@@ -6,6 +6,7 @@ import json
 
 import builders
 import pytest
+from jwt_client import client_keys
 
 SERVICE = "/cds-services/medication-order-check"
 
@@ -31,15 +32,7 @@ def test_400_body_not_an_object(client):
 
 
 def test_401_when_clients_are_configured(make_app, tmp_path):
-    clients = tmp_path / "clients.json"
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from jwt.algorithms import ECAlgorithm
-
-    jwk = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
-    clients.write_text(
-        json.dumps({"clients": [{"iss": "https://ehr.test", "jwks": {"keys": [{**jwk, "kid": "k"}]}}]})
-    )
-    client = make_app(CDS_CLIENTS=str(clients)).test_client()
+    client = make_app(CDS_CLIENTS=client_keys(tmp_path)[1]).test_client()
     response = client.post(SERVICE, json={})
     assert_outcome(response, 401)
     assert response.headers["WWW-Authenticate"].startswith("Bearer")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from jwt_client import signing_key, token, write_clients
 from test_serve import free_port
 
 DISCOVERY = "/cds-services"
@@ -21,24 +17,16 @@ def clients_file(tmp_path):
     run = uuid.uuid4().hex[:8]
     signers, entries = {}, []
     for name in ("a", "b"):
-        private = ec.generate_private_key(ec.SECP384R1())
-        jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
-        jwk.update({"kid": "k1", "alg": "ES384"})
+        private, jwk = signing_key()
         iss = f"https://{name}-{run}.example.test"
         entries.append({"iss": iss, "jwks": {"keys": [jwk]}})
         signers[name] = (iss, private)
-    path = tmp_path / "clients.json"
-    path.write_text(json.dumps({"clients": entries}))
-    return str(path), signers
+    return write_clients(tmp_path, entries), signers
 
 
 def bearer(signer, key=None) -> dict:
     iss, private = signer
-    now = int(time.time())
-    claims = {"iss": iss, "aud": f"http://localhost{DISCOVERY}", "iat": now, "exp": now + 300}
-    claims["jti"] = str(uuid.uuid4())
-    t = jwt.encode(claims, key or private, algorithm="ES384", headers={"kid": "k1"})
-    return {"Authorization": f"Bearer {t}"}
+    return {"Authorization": f"Bearer {token(key or private, f'http://localhost{DISCOVERY}', iss=iss)}"}
 
 
 def test_over_the_limit_is_429_with_retry_after_and_health_stays_open(make_app):
@@ -59,7 +47,7 @@ def test_over_the_limit_is_429_with_retry_after_and_health_stays_open(make_app):
 def test_each_client_has_its_own_budget_and_forged_tokens_do_not_spend_it(make_app, clients_file):
     path, signers = clients_file
     client = make_app(CDS_CLIENTS=path, CDS_RATE_LIMIT_PER_MINUTE=3).test_client()
-    forger = ec.generate_private_key(ec.SECP384R1())
+    forger, _ = signing_key()
     forged = [client.get(DISCOVERY, headers=bearer(signers["a"], key=forger)).status_code for _ in range(5)]
     assert forged == [401] * 5
     a = [client.get(DISCOVERY, headers=bearer(signers["a"])).status_code for _ in range(4)]

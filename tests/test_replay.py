@@ -3,43 +3,32 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import jwt
 import psutil
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from jwt_client import ISS, client_keys, token
 from sqlalchemy import func, insert, select
 from test_serve import free_port, wait_ready
 
 from cds_service.audit.storage import jwt_replay, make_engine
 from cds_service.protocol.replay import DatabaseReplayCache
 
-ISS = "https://ehr.example.test"
-
 
 @pytest.fixture
 def signer(tmp_path):
-    private = ec.generate_private_key(ec.SECP384R1())
-    jwk = json.loads(ECAlgorithm.to_jwk(private.public_key()))
-    jwk.update({"kid": "k1", "alg": "ES384", "use": "sig"})
-    path = tmp_path / "clients.json"
-    path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": {"keys": [jwk]}}]}))
+    """Fresh ES384 tokens of a trusted client (tests/jwt_client.py), and its clients file."""
+    private, path = client_keys(tmp_path)
 
     def sign(aud: str) -> str:
-        now = int(time.time())
-        claims = {"iss": ISS, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
-        return jwt.encode(claims, private, algorithm="ES384", headers={"kid": "k1"})
+        return token(private, aud)
 
-    sign.clients = str(path)
+    sign.clients = path
     return sign
 
 

@@ -28,11 +28,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 metadata = MetaData()
+SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+
+def chained_columns() -> tuple[Column, ...]:
+    """seq, prev_hash, hash: what a row of a side chain (feedback, LLM text; audit/chain.py) carries."""
+    return (Column("seq", SEQ, unique=True), Column("prev_hash", String(64)), Column("hash", String(64)))
+
 
 decisions = Table(
     "decisions",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
     Column("id", String(36), nullable=False, unique=True),
     Column("recorded_at", String(32), nullable=False),  # ISO 8601 UTC, sortable
     Column("service_id", String(128), nullable=False),
@@ -56,7 +63,7 @@ chain_anchor = Table(
     "chain_anchor",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("after_seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("after_seq", SEQ, nullable=False),
     Column("hash", String(64), nullable=False),
     Column("purged_at", String(32), nullable=False),
     Column("purged_count", Integer, nullable=False),
@@ -69,7 +76,7 @@ chain_head = Table(
     "chain_head",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("seq", SEQ, nullable=False),
     Column("hash", String(64), nullable=False),
 )
 
@@ -88,20 +95,20 @@ cards = Table(
 rule_outcomes = Table(
     "rule_outcomes",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", SEQ, primary_key=True, autoincrement=True),
     Column("decision_id", String(36), nullable=False, index=True),
     Column("recorded_at", String(32), nullable=False, index=True),
     Column("rule_id", String(96), nullable=False, index=True),
     Column("rule_version", String(32), nullable=False),
     Column("rule_status", String(16), nullable=False),
-    Column("outcome", String(16), nullable=False),  # fired | not-fired | skipped | error
+    Column("outcome", String(16), nullable=False),  # fired | not-fired | unevaluable | skipped | error
     Column("cards_shown", Integer, nullable=False),
 )
 
 feedback = Table(
     "feedback",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", SEQ, primary_key=True, autoincrement=True),
     Column("dedupe_key", String(64), nullable=False, unique=True),
     Column("service_id", String(128), nullable=False),
     Column("card_uuid", String(36), nullable=False, index=True),
@@ -117,9 +124,7 @@ feedback = Table(
     Column("rule_id", String(96), index=True),
     Column("rule_version", String(160)),
     # Feedback is not derivable from decisions: its own hash chain (audit/chain.py), appended under the lock.
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), unique=True),
-    Column("prev_hash", String(64)),
-    Column("hash", String(64)),
+    *chained_columns(),
 )
 
 # LLM text by prompt: shared by every worker, so text finished after one call's deadline shows on the next.
@@ -135,9 +140,7 @@ llm_outputs = Table(
     Column("reasons", Text),  # JSON list
     Column("generation_ms", Integer),
     # Chained like feedback, and each row's hash re-checked before its text is served (reasoning/cache.py).
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), unique=True),
-    Column("prev_hash", String(64)),
-    Column("hash", String(64)),
+    *chained_columns(),
 )
 
 # JWT jtis already used (protocol/replay.py): the unique key makes first use atomic across workers and
