@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import builders
 import pytest
 import requests
-from test_serve import free_port, wait_ready
+from test_serve import free_port, start_serve, wait_ready
 
 from cds_service.audit.decision_log import DecisionLog
 from cds_service.audit.storage import make_engine
@@ -24,15 +21,7 @@ CASE = {"medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ib
 @pytest.mark.slow
 def test_sigkill_under_load_loses_no_acknowledged_decision(tmp_path):
     port = free_port()
-    env = {**os.environ, "CDS_DATA_DIR": str(tmp_path), "CDS_LLM": "off"}
-    exe = Path(sys.executable).with_name("cds-service")
-    server = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server = start_serve(port, tmp_path, "--workers", "2", "--threads", "4")
     base = f"http://127.0.0.1:{port}"
     wait_ready(base)
     acknowledged: list[str] = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from shared import bundled_content
+from test_serve import free_port, start_serve, wait_ready
 
 SERVICE = "/cds-services/medication-order-check"
 FEEDBACK = SERVICE + "/feedback"
@@ -596,27 +596,11 @@ def test_openapi_says_what_the_service_requires(client):
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """`cds-service serve` on a free port (1 worker, 4 threads: the defaults)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env.update(CDS_DATA_DIR=str(tmp_path_factory.mktemp("serve")), CDS_LLM="off")
-    exe = Path(sys.executable).with_name("cds-service")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
+    proc = start_serve(port, tmp_path_factory.mktemp("serve"))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
+        wait_ready(base)
         yield ("127.0.0.1", port)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import http.client
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 from jwt_client import ISS, client_keys, token
 from sqlalchemy import func, insert, select
-from test_serve import free_port, wait_ready
+from test_serve import free_port, start_serve, wait_ready
 
 from cds_service.audit.storage import jwt_replay, make_engine
 from cds_service.protocol.replay import DatabaseReplayCache
@@ -105,18 +101,8 @@ def test_a_replay_is_refused_by_every_worker_of_serve(tmp_path, signer):
     """`serve --workers 2`: the token is used once; each replay, on a new connection, reaches either worker
     (the test goes on until both have answered one) and is refused."""
     port = free_port()
-    env = {
-        **os.environ,
-        "CDS_DATA_DIR": str(tmp_path / "data"),
-        "CDS_LLM": "off",
-        "CDS_CLIENTS": signer.clients,
-    }
-    exe = Path(sys.executable).with_name("cds-service")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--workers", "2", "--threads", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = start_serve(
+        port, tmp_path / "data", "--workers", "2", "--threads", "2", CDS_CLIENTS=signer.clients
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}")

@@ -22,6 +22,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CDS_SERVICE = Path(sys.executable).with_name("cds-service")
+
+
+def start_serve(port: int, data_dir, *options: str, output: bool = False, **env: str) -> subprocess.Popen:
+    """`cds-service serve` on 127.0.0.1:`port` with the LLM off, the developer's CDS_* settings left out
+    and `env` added; `output` keeps stdout and stderr (text) for the test to read."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    environ.update(CDS_DATA_DIR=str(data_dir), CDS_LLM="off", **env)
+    streams = (
+        {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        if output
+        else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    )
+    return subprocess.Popen(
+        [str(CDS_SERVICE), "serve", "--host", "127.0.0.1", "--port", str(port), *options],
+        env=environ,
+        start_new_session=True,
+        **streams,
+    )
+
+
 def wait_ready(base: str, seconds: float = 60) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -39,15 +60,7 @@ def test_serve_with_several_workers_on_an_empty_data_dir(tmp_path):
     SQLite file can race ("table already exists") and one fails to boot, taking gunicorn down: seen once in
     a black-box run, timing-dependent, so this guards against it rather than reproducing it on demand."""
     port = free_port()
-    env = {**os.environ, "CDS_DATA_DIR": str(tmp_path / "empty"), "CDS_LLM": "off"}
-    exe = Path(sys.executable).with_name("cds-service")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--workers", "4"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_serve(port, tmp_path / "empty", "--workers", "4", output=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)
@@ -100,19 +113,8 @@ def test_errors_before_the_app_are_operation_outcomes_and_slow_clients_time_out(
     """gunicorn's own HTTP parser errors answer in the service's error shape; a client that stalls
     mid-request gets 408 and frees its thread (CDS_REQUEST_READ_TIMEOUT)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "CDS_DATA_DIR": str(tmp_path),
-        "CDS_LLM": "off",
-        "CDS_REQUEST_READ_TIMEOUT": "1",
-    }
-    exe = Path(sys.executable).with_name("cds-service")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--workers", "1", "--threads", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = start_serve(
+        port, tmp_path, "--workers", "1", "--threads", "2", output=True, CDS_REQUEST_READ_TIMEOUT="1"
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}")
