@@ -174,8 +174,7 @@ def _medication(ev, args, b):
         "additionalProperties": False,
         "required": ["a", "b"],
         "description": "The bound draft is in value set(s) a and another active or draft medication in b, "
-        "or the "
-        "other way round.",
+        "or the other way round.",
         "properties": {"a": _ref("vsRef"), "b": _ref("vsRef"), "as": _ref("binding")},
     },
     reads=_MEDICATIONS,
@@ -205,8 +204,7 @@ def _pair(ev, args, b):
         },
         "unevaluatedProperties": False,
         "description": "Summed MME/day of active and/or draft orders; medication-filter keys restrict which "
-        "orders "
-        "count.",
+        "orders count.",
     },
     reads=_MEDICATIONS,
 )
@@ -271,8 +269,7 @@ def covered_days(periods: list[tuple[date, date]], start: date, end: date) -> in
         },
         "unevaluatedProperties": False,
         "description": "Days covered by matching medication orders (authored date + expected supply, "
-        "merged) in the "
-        "window(s).",
+        "merged) in the window(s).",
     },
     reads=_MEDICATIONS,
 )
