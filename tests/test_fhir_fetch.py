@@ -220,9 +220,9 @@ def test_entries_without_a_resource_in_a_fetched_page_are_reported_not_dropped(f
     fake_fhir.routes["Observation?page=2"] = Reply(200, second)
     resources, _, junk = make_client(base, [base]).get("Observation?subject=Patient/p1")
     assert [r["id"] for r in resources] == ["o1", "o2"]
-    assert junk == [
-        ("entry[1]", "the entry holds no resource object"),
-        ("page[1].entry[0]", "the entry holds no resource object"),
+    assert [(p.path, p.why, p.normalised) for p in junk] == [
+        ("entry[1]", "the entry holds no resource object", False),
+        ("page[1].entry[0]", "the entry holds no resource object", False),
     ]
 
 

@@ -77,10 +77,6 @@ class Screened:
     issues: list[DataIssue]
     digests: dict[int, str]  # id(resource) -> content hash of the resource as received
 
-    @property
-    def set_aside_types(self) -> frozenset[str]:
-        return frozenset(i.resource_type or "unknown" for i in self.issues if i.action is Action.SET_ASIDE)
-
 
 def screen(
     located: list[tuple[str, object]],

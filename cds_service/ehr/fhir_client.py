@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -188,10 +189,10 @@ class FhirClient:
     def url_for(self, relative: str) -> str:
         return _absolute(self.base_url + "/", relative.lstrip("/"), "the rendered prefetch query")
 
-    def get(self, relative: str) -> tuple[list[dict], int, list[tuple[str, str]]]:
+    def get(self, relative: str) -> tuple[list[dict], int, list[EntryProblem]]:
         """Run a rendered prefetch query. A read returns [resource] (or raises FhirNotFound); a search
         returns every entry resource across pages. Returns (resources, pages fetched, entries that held no
-        resource as (path, why), for the data screen to record)."""
+        resource, for the data screen to record)."""
         url = self.url_for(relative)
         path, _, query = relative.partition("?")
         segments = path.strip("/").split("/")
@@ -212,14 +213,14 @@ class FhirClient:
         resources, pages, junk = self._pages(body, url, counted=1)
         return resources, pages + 1, junk
 
-    def follow_pages(self, bundle: dict) -> tuple[list[dict], int, list[tuple[str, str]]]:
+    def follow_pages(self, bundle: dict) -> tuple[list[dict], int, list[EntryProblem]]:
         """Complete a paginated searchset the client prefetched (spec: Example of Pagination)."""
         return self._pages(bundle, self.base_url + "/", counted=0)
 
-    def _pages(self, bundle: dict, base: str, counted: int) -> tuple[list[dict], int, list[tuple[str, str]]]:
+    def _pages(self, bundle: dict, base: str, counted: int) -> tuple[list[dict], int, list[EntryProblem]]:
         """The bundle's resources and those of every `next` page after it (each allowlisted), up to the
         page cap (`counted` pages already count against it): partial data is refused, never used.
-        Returns (resources, further pages fetched, entries without a resource as (path, why))."""
+        Returns (resources, further pages fetched, entries without a resource)."""
         total = bundle.get("total")
         entries, junk = bundle_entries(bundle)
         resources = [r for _, r in entries]
@@ -240,7 +241,7 @@ class FhirClient:
             pages += 1
             entries, page_junk = bundle_entries(bundle)
             resources.extend(r for _, r in entries)
-            junk += [(f"page[{pages}].{path}", why) for path, why in page_junk]
+            junk += [p._replace(path=f"page[{pages}].{p.path}") for p in page_junk]
             matches += _match_count(bundle)
             next_url = next_link(bundle)
         if isinstance(total, int) and not isinstance(total, bool) and total > matches:
@@ -366,25 +367,35 @@ def next_link(bundle: dict) -> str | None:
     return None
 
 
-def bundle_entries(bundle: dict) -> tuple[list[tuple[int, dict]], list[tuple[str, str]]]:
-    """(position, resource) of each entry holding data, and (path, why) of each entry that holds none.
+class EntryProblem(NamedTuple):
+    """A Bundle entry that held no resource (set aside), or a lone entry object read as a list."""
+
+    path: str  # relative to the Bundle: entry[3], page[2].entry[0]
+    why: str
+    normalised: bool = False
+
+
+def bundle_entries(bundle: dict) -> tuple[list[tuple[int, dict]], list[EntryProblem]]:
+    """(position, resource) of each entry holding data, and the problem of each entry that holds none.
 
     Lenient with what a client or server sends: one entry object where a list is due is read as a
     one-item list; search outcomes (OperationOutcome) are not data and are skipped silently."""
     entries = bundle.get("entry")
-    junk: list[tuple[str, str]] = []
+    junk: list[EntryProblem] = []
     if entries is None:
         return [], junk
     if isinstance(entries, dict):
         entries = [entries]
-        junk.append(("entry", "normalised: a single entry object read as a one-item list"))
+        junk.append(EntryProblem("entry", "a single entry object read as a one-item list", normalised=True))
     elif not isinstance(entries, list):
-        return [], [("entry", "Bundle.entry is not a list of entries: nothing in it could be read")]
+        return [], [
+            EntryProblem("entry", "Bundle.entry is not a list of entries: nothing in it could be read")
+        ]
     out = []
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
-            junk.append((f"entry[{i}]", "the entry holds no resource object"))
+            junk.append(EntryProblem(f"entry[{i}]", "the entry holds no resource object"))
             continue
         search = entry.get("search")
         if (isinstance(search, dict) and search.get("mode") == "outcome") or resource.get(

@@ -34,7 +34,7 @@ import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
 
 from ..errors import Issue, PrefetchUnavailable
-from .fhir_client import FhirAccessError, FhirClient, bundle_entries, next_link
+from .fhir_client import EntryProblem, FhirAccessError, FhirClient, bundle_entries, next_link
 
 log = logging.getLogger(__name__)
 TOKEN = re.compile(r"\{\{\s*(.+?)\s*\}\}")
@@ -140,7 +140,7 @@ class PrefetchItem:
     problem: str | None = None  # why it is unavailable
     searchset: bool = False  # the resources came as Bundle entries (located as entry[i].resource)
     positions: list[int] | None = None  # entry index of each resource in the Bundle sent, when known
-    entry_problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why): entries unread
+    entry_problems: list[EntryProblem] = field(default_factory=list)  # entries without a resource
 
     def located(self) -> list[tuple[str, dict]]:
         """(where, resource), where naming it in the request: prefetch.meds.entry[3].resource."""
@@ -154,10 +154,6 @@ class PrefetchItem:
 @dataclass
 class PrefetchResult:
     items: dict[str, PrefetchItem]
-
-    def resources(self) -> list[tuple[str, dict]]:
-        """(key, resource) pairs across all keys, in template order."""
-        return [(key, r) for key, item in self.items.items() for r in item.resources]
 
     def located(self) -> list[tuple[str, dict]]:
         """(where, resource) across all keys, in template order; see PrefetchItem.located."""
@@ -235,7 +231,7 @@ def resolve(
                 )
             )
 
-    def fetch(query: str | None, bundle: dict | None) -> tuple[list[dict], int, list[tuple[str, str]]]:
+    def fetch(query: str | None, bundle: dict | None) -> tuple[list[dict], int, list[EntryProblem]]:
         """May run in a worker thread: network only, no shared-state writes. Raises FhirAccessError."""
         return client.follow_pages(bundle) if bundle is not None else client.get(query)
 

@@ -264,9 +264,9 @@ def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
 def check_data(call: HookCall, validator: ResourceValidator) -> None:
     """Screen the data per resource (ehr/data_quality.py); what cannot be read is set aside, recorded."""
     for item in call.prefetch.items.values():
-        for path, why in item.entry_problems:
-            action = Action.NORMALISED if why.startswith("normalised") else Action.SET_ASIDE
-            call.data_issues.append(DataIssue(f"prefetch.{item.key}.{path}", action, why))
+        for problem in item.entry_problems:
+            action = Action.NORMALISED if problem.normalised else Action.SET_ASIDE
+            call.data_issues.append(DataIssue(f"prefetch.{item.key}.{problem.path}", action, problem.why))
     screened = screen(call.prefetch.located(), call.request.patient_id, validator, ELEMENTS_READ)
     call.hashes.update(screened.digests)
     call.data_issues.extend(screened.issues)
