@@ -246,12 +246,14 @@ def rule_ids(body) -> list[str]:
 
 def critical_card_or_said_why(response):
     """The warfarin + ibuprofen check ran (its critical card is there), or the answer says it could not:
-    a 4xx, or a 200 carrying something besides that card (a data-quality card or extension). Never a
-    bare {"cards": []}: a clinician would read it as "no interaction"."""
+    a 4xx, or a 200 with the data-quality card naming that check. Never a 200 without either: a
+    clinician would read it as "no interaction"."""
     body = kept_promise(response)
     if response.status_code >= 400 or CRITICAL in rule_ids(body):
         return
-    assert body["cards"] or set(body) - {"cards"}, f"silent 200: {body}"
+    notices = [c for c in body["cards"] if rule_ids({"cards": [c]}) == ["data-quality"]]
+    checks = [x for c in notices for x in c["extension"]["org.cds-service.data-quality"]["checks"]]
+    assert any(x.startswith(CRITICAL + "@") for x in checks), f"silent about {CRITICAL}: {body}"
 
 
 def edited(body: dict, *edits) -> dict:
