@@ -322,3 +322,19 @@ def test_unrelated_junk_never_makes_a_5xx(client):
                 if target == "prefetch" and response.status_code == 200:
                     rules = rules_of(response)
                     assert "ddi-warfarin-nsaid" in rules or "data-quality" in rules, (element, value)
+
+
+def test_a_cached_verdict_names_each_place_the_resource_sits():
+    """Verdicts are cached by content, not by location: the same imperfect resource, met again elsewhere,
+    is named where it is now, normalised again, and judged the same."""
+    from cds_service.ehr.validation import ResourceValidator
+
+    validator = ResourceValidator()
+    encounter = {"resourceType": "Encounter", "status": "finished", "type": {"text": "visit"}}
+    first = validator.examine(encounter, "prefetch.a.entry[0].resource")
+    second = validator.examine(encounter, "prefetch.b")
+    assert [i.expression for i in first.issues] == [("prefetch.a.entry[0].resource.class",)]
+    assert [i.expression for i in second.issues] == [("prefetch.b.class",)]
+    assert second.issues[0].diagnostics.startswith("prefetch.b.class:")
+    assert second.normalised == ["prefetch.b.type"] and second.resource["type"] == [{"text": "visit"}]
+    assert encounter["type"] == {"text": "visit"}  # the sender's resource is left as it came

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from cachetools import LRUCache
@@ -267,31 +267,60 @@ def _set_at(resource: dict, loc: tuple, wrap) -> dict:
     return root
 
 
+_HERE = "\x00"  # where a cached verdict's paths start; replaced by the resource's location on use
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What validation found in one resource content, independent of where it sat."""
+
+    issues: tuple[Issue, ...]
+    lone: tuple[tuple, ...]  # locations wrapped into lists, in order
+
+    def at(self, resource: dict, where: str, digest: str) -> Checked:
+        current = resource
+        for loc in self.lone:
+            current = _set_at(current, loc, lambda v: [v])
+        issues = [
+            replace(
+                i,
+                diagnostics=i.diagnostics.replace(_HERE, where),
+                expression=tuple(e.replace(_HERE, where) for e in i.expression),
+            )
+            for i in self.issues
+        ]
+        return Checked(current, issues, digest, [f"{where}.{field_path(loc)}" for loc in self.lone])
+
+
 class ResourceValidator:
-    """Thread-safe, with an LRU of content hashes already found valid as sent."""
+    """Thread-safe, with an LRU of verdicts by content hash: an EHR sends the same chart again and
+    again, imperfect resources included, and validation is the costly part of screening."""
 
     def __init__(self, cache_size: int = 50_000):
-        self._ok: LRUCache[str, bool] = LRUCache(maxsize=cache_size)
+        self._verdicts: LRUCache[str, _Verdict] = LRUCache(maxsize=cache_size)
         self._lock = threading.Lock()
 
     def examine(self, resource: dict, where: str) -> Checked:
         """Normalise lone objects into lists, then validate; never raises for bad content."""
         digest = content_hash(resource)
         with self._lock:
-            if self._ok.get(digest):  # get() marks it recently used
-                return Checked(resource, [], digest)
-        current, normalised = resource, []
+            verdict = self._verdicts.get(digest)  # get() marks it recently used
+        if verdict is None:
+            verdict = self._judge(resource)
+            with self._lock:
+                self._verdicts[digest] = verdict
+        return verdict.at(resource, where, digest)
+
+    def _judge(self, resource: dict) -> _Verdict:
+        current, lone_all = resource, []
         for _ in range(MAX_NORMALISATION_ROUNDS):
-            issues, lone = self._problems(current, where)
+            issues, lone = self._problems(current, _HERE)
             if not lone:
                 break
             for loc in lone:
                 current = _set_at(current, loc, lambda v: [v])
-                normalised.append(f"{where}.{field_path(loc)}")
-        if not issues and not normalised:
-            with self._lock:
-                self._ok[digest] = True
-        return Checked(current, issues, digest, normalised)
+            lone_all += lone
+        return _Verdict(tuple(issues), tuple(lone_all))
 
     def problems(self, resource: dict, where: str) -> list[Issue]:
         """Everything wrong with the resource as sent (no normalisation)."""
