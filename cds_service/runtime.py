@@ -168,6 +168,7 @@ def _build_reasoner(
         return None, "off"
     from .reasoning.backends import GenAiBackend, LlmError, RemoteBackend
     from .reasoning.cache import LlmStore
+    from .reasoning.capabilities import load_capabilities
     from .reasoning.grounding import GroundingGuard
     from .reasoning.model_cache import default_model_dir
 
@@ -189,5 +190,13 @@ def _build_reasoner(
         GroundingGuard(terminology),
         budget_ms=settings.response_budget_ms,
         max_new_tokens=settings.llm_max_new_tokens,
+        capabilities=load_capabilities(backend, settings.data_dir),  # measured gates; none: baseline, no text
+    )
+    caps = reasoner.capabilities
+    log.info(
+        "LLM %s: assertion %s; free text %s",
+        backend.model_id,
+        caps.assertion_component,
+        "on" if caps.free_text_enabled else f"off ({caps.free_text_reason})",
     )
     return reasoner, backend.model_id

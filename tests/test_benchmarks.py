@@ -31,4 +31,19 @@ def test_llm_grounding_benchmark_runs_on_the_prepared_model(capsys):
         pytest.skip("SmolLM2 not prepared (cds-service model prepare)")
     figures = _load("llm_grounding").main([])
     assert figures["texts"] == 26 and 0 <= figures["accepted"] <= figures["texts"]
+    assert 0 <= figures["specific"] <= figures["accepted"] and 0 <= figures["specificity"] <= 1
     assert "passed the grounding guard" in capsys.readouterr().out
+
+
+@pytest.mark.real_model
+def test_negex_assertion_benchmark_runs_on_the_prepared_model(capsys):
+    from cds_service.reasoning.model_cache import default_model_dir
+
+    if not (default_model_dir("int8") / "manifest.json").is_file():
+        pytest.skip("SmolLM2 not prepared (cds-service model prepare)")
+    result = _load("negex_assertion").main(["--backends", "int8", "--sample", "40"])
+    run = result["backends"]["int8"]
+    assert result["sample"]["sentences"] + result["sample"]["skipped"] == 40
+    assert sum(run["answers"].values()) + run["errors"] == result["sample"]["sentences"]
+    out = capsys.readouterr().out
+    assert "baseline (ConText rules)" in out and "int8 LLM" in out and "int8 combination" in out

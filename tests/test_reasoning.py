@@ -16,6 +16,7 @@ import pytest
 from tiny_model import build_tiny_hf_model
 
 from cds_service.reasoning.backends import GenAiBackend, Generation, RemoteBackend
+from cds_service.reasoning.capabilities import Capabilities, read_manifest_section
 from cds_service.reasoning.grounding import GroundingGuard, tidy
 from cds_service.reasoning.model_cache import default_model_dir
 from cds_service.reasoning.preparation.prepare import prepare, read_manifest
@@ -95,6 +96,100 @@ def test_genai_backend_generates_bounded_text(tiny_model):
     assert isinstance(result.text, str) and result.seconds >= 0
     if result.new_tokens is not None:
         assert result.new_tokens <= 8
+
+
+@pytest.mark.slow
+def test_genai_choose_answers_only_allowed_options(tiny_model):
+    from cds_service.reasoning.tasks import ASSERTION_OPTIONS, assertion_messages
+
+    backend = GenAiBackend(tiny_model.path)
+    sentences = [
+        ("She denies any cough.", "cough"),
+        ("History of stroke.", "stroke"),
+        ("Potassium is 5.9 mmol/L.", "Potassium"),
+    ]
+    answers = [backend.choose(assertion_messages(s, p), ASSERTION_OPTIONS).text for s, p in sentences]
+    assert set(answers) <= set(ASSERTION_OPTIONS)  # random weights, yet never anything else
+    odd = ("a.b", "x|y", "(z)", "a much longer answer than eight tokens")
+    assert all(
+        backend.choose([{"role": "user", "content": f"Pick {i}."}], odd, max_new_tokens=1).text in odd
+        for i in range(3)
+    )  # the budget grows to the longest option: an answer is never cut short
+
+
+@pytest.mark.slow
+def test_pytorch_choose_answers_only_allowed_options(tiny_model):
+    from cds_service.reasoning.preparation.torch_choice import TorchChooser
+    from cds_service.reasoning.tasks import ASSERTION_OPTIONS, assertion_messages
+
+    chooser = TorchChooser(_hf_of(tiny_model))
+    for sentence, phrase in (("She denies any cough.", "cough"), ("Mother had diabetes.", "diabetes")):
+        out = chooser.choose(assertion_messages(sentence, phrase), ASSERTION_OPTIONS)
+        assert out.text in ASSERTION_OPTIONS and out.prompt_tokens > 50
+
+
+@pytest.mark.slow
+def test_model_evaluate_on_a_tiny_kit_sample_writes_capabilities(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+    from cds_service.reasoning.preparation.negex import find_kit
+
+    model = prepare(tmp_path / "copy", source=tiny_model.path, name="tiny-eval", progress=False)
+    kit = tmp_path / "kit.txt"
+    kit.write_text("\n".join(find_kit().read_text().splitlines()[:40]) + "\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "model",
+            "evaluate",
+            "--model-dir",
+            str(model.path),
+            "--kit",
+            str(kit),
+            "--sample",
+            "20",
+            "--texts",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    section = read_manifest_section(model.path)
+    assertion, free_text = section["assertion"], section["freeText"]
+    assert section["modelId"] == model.model_id and "openvino-genai" in section["libraries"]
+    assert assertion["measured"] and assertion["sample"]["sentences"] == 20
+    assert assertion["kit"]["rows"] == 40 and len(assertion["kit"]["sha256"]) == 64
+    assert sum(assertion["llm"]["answers"].values()) + assertion["llm"]["errors"] == 20
+    for component in ("baseline", "llm", "combination"):
+        assert set(assertion[component]["labels"]) == {
+            "negation",
+            "historical",
+            "hypothetical",
+            "experiencer",
+        }
+    assert assertion["decision"]["component"] == "baseline"  # 20 sentences prove nothing
+    assert free_text["texts"] == 2 and free_text["decision"]["enabled"] is False
+    assert "assertion component: baseline" in result.output and "free text: off" in result.output
+    # The manifest still identifies the model; the service reads the gates from it.
+    assert read_manifest(model.path)["files"] == model.manifest["files"]
+    assert GenAiBackend(model.path).manifest["capabilities"] == section
+
+
+@pytest.mark.slow
+def test_prepare_evaluates_a_model_without_capabilities_unless_told_not_to(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
+    out = tmp_path / "prepared"
+    args = ["model", "prepare", "--source", str(tiny_model.path), "--output", str(out)]
+    result = CliRunner().invoke(main, [*args, "--no-evaluate"])
+    assert result.exit_code == 0, result.output
+    assert read_manifest_section(out) is None
+    result = CliRunner().invoke(main, args)  # reused, but not measured yet: measures now
+    assert result.exit_code == 0, result.output
+    assert "reused " in result.output and read_manifest_section(out)["assertion"]["measured"]
+    assert read_manifest_section(out)["assertion"]["sample"]["sentences"] >= 140  # prepare's bounded sample
 
 
 def test_remote_openai_compatible_backend():
@@ -199,6 +294,9 @@ class GatedBackend:
         return Generation(self.text, 10, 10, 0.01)
 
 
+FREE_TEXT_ON = Capabilities(free_text_enabled=True, free_text_reason="measured good enough (test)")
+
+
 def _with_backend(app, backend, budget_ms=50):
     from cds_service.reasoning.cache import LlmStore
     from cds_service.reasoning.grounding import GroundingGuard
@@ -206,7 +304,11 @@ def _with_backend(app, backend, budget_ms=50):
 
     rt = app.extensions["cds_runtime"]
     rt.reasoner = Reasoner(
-        backend, LlmStore(rt.storage.engine), GroundingGuard(rt.content.terminology), budget_ms=budget_ms
+        backend,
+        LlmStore(rt.storage.engine),
+        GroundingGuard(rt.content.terminology),
+        budget_ms=budget_ms,
+        capabilities=FREE_TEXT_ON,
     )
     rt.registry.pipeline.reasoner = rt.reasoner
     return rt
@@ -297,6 +399,12 @@ def test_embedded_tiny_model_end_to_end(make_app, tiny_model):
     app = make_app(CDS_LLM="embedded", CDS_MODEL_DIR=str(tiny_model.path), CDS_RESPONSE_BUDGET_MS="20000")
     rt = app.extensions["cds_runtime"]
     assert rt.readiness()["checks"]["llm"] == tiny_model.model_id
+    # Never measured: no free text, and the record says why.
+    assert rt.reasoner.capabilities == Capabilities()
+    response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE))
+    llm = rt.storage.decision_log.get(response.headers["X-Decision-Id"])["llm"]
+    assert llm["items"] == [] and llm["freeText"].startswith("off: not measured")
+    rt.reasoner.capabilities = FREE_TEXT_ON
     response = app.test_client().post(ORDER_SIGN, json=builders.order_sign(WARFARIN_CASE))
     items = rt.storage.decision_log.get(response.headers["X-Decision-Id"])["llm"]["items"]
     assert (
