@@ -26,7 +26,7 @@ def _by_type(case: dict, today: date | None) -> tuple[dict[str, list[dict]], lis
 def order_sign(
     case: dict,
     *,
-    prefetch_keys=("patient", "medications", "allergies", "conditions", "labs"),
+    prefetch_keys=("patient", "medications", "allergies", "conditions", "labs", "notes", "reports"),
     today: date | None = None,
     **envelope,
 ) -> dict:
@@ -37,6 +37,8 @@ def order_sign(
         "allergies": searchset(by_type.get("AllergyIntolerance", [])),
         "conditions": searchset(by_type.get("Condition", [])),
         "labs": searchset(by_type.get("Observation", [])),
+        "notes": searchset(by_type.get("DocumentReference", [])),
+        "reports": searchset(by_type.get("DiagnosticReport", [])),
     }
     body = {
         "hook": "order-sign",
@@ -68,6 +70,9 @@ def patient_view(
         "procedures",
         "referrals",
         "careplans",
+        "allergies",
+        "notes",
+        "reports",
     ),
     today: date | None = None,
     **envelope,
@@ -82,6 +87,9 @@ def patient_view(
         "procedures": searchset(by_type.get("Procedure", [])),
         "referrals": searchset(by_type.get("ServiceRequest", [])),
         "careplans": searchset(by_type.get("CarePlan", [])),
+        "allergies": searchset(by_type.get("AllergyIntolerance", [])),
+        "notes": searchset(by_type.get("DocumentReference", [])),
+        "reports": searchset(by_type.get("DiagnosticReport", [])),
     }
     body = {
         "hook": "patient-view",

@@ -404,11 +404,9 @@ def test_hostile_servers_get_the_policy_answer_within_the_deadline(make_app, fak
 def test_a_skip_key_on_a_bad_server_leaves_the_rest_of_the_call(make_app, fake_fhir):
     resources, _ = CaseBuilder(date.today()).build({"medications": ["Warfarin Sodium 5 MG Oral Tablet"]})
     fake_fhir.routes[f"Patient/{PATIENT_ID}"] = Reply(200, resources[0])
-    fake_fhir.default = Reply(
+    fake_fhir.default = Reply(200, searchset([]))  # allergies, notes, reports: none
+    fake_fhir.routes[f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200"] = Reply(
         200, searchset([r for r in resources if r["resourceType"] == "MedicationRequest"])
-    )
-    fake_fhir.routes[f"AllergyIntolerance?patient=Patient/{PATIENT_ID}&_count=200"] = Reply(
-        200, searchset([])
     )
     fake_fhir.routes[f"Condition?subject=Patient/{PATIENT_ID}&_count=200"] = Reply(
         200, searchset([]), delay=3.0
@@ -422,7 +420,10 @@ def test_a_skip_key_on_a_bad_server_leaves_the_rest_of_the_call(make_app, fake_f
     )
     response = app.test_client().post("/cds-services/medication-order-check", json=body)
     assert response.status_code == 200
-    assert [c["indicator"] for c in response.get_json()["cards"]] == ["critical"]  # warfarin + NSAID
+    cards = response.get_json()["cards"]
+    assert [c["indicator"] for c in cards] == ["critical", "info"]  # warfarin + NSAID; what could not run
+    checks = cards[1]["extension"]["org.cds-service.data-quality"]["checks"]
+    assert any(c.startswith("nsaid-peptic-ulcer-gi-bleed@") for c in checks)  # it reads conditions
     record = decision(app, response)
     assert "deadline of 500 ms" in data_item(record, "conditions")["problem"]
 

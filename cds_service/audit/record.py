@@ -22,6 +22,10 @@ if TYPE_CHECKING:  # the pipeline builds records; the record only reads the call
 LLM_SUMMARY_RULE = "llm-summary"  # how a card the LLM added (not a rule) is indexed for feedback
 DATA_QUALITY_RULE = "data-quality"  # the info card saying checks ran on part of the data
 DATA_QUALITY_VERSION = "1"
+CHART_SUMMARY_RULE = (
+    "chart-summary"  # the deterministic patient-view summary card (clinical/chart_summary.py)
+)
+CHART_SUMMARY_VERSION = "1"
 
 
 class DecisionRecord:
@@ -70,6 +74,10 @@ class DecisionRecord:
             data["dataQuality"] = data_quality_record(call.data_issues)
             if call.data_quality_card:
                 data["dataQuality"]["card"] = call.data_quality_card
+        if call.notes is not None:
+            data["notes"] = call.notes
+        if call.summary_card:
+            data["chartSummary"] = {"card": call.summary_card}
         if call.error is not None:
             data["error"] = call.error.to_operation_outcome()
         data["response"] = {"status": call.status, **({"cards": call.cards} if call.error is None else {})}
@@ -122,17 +130,21 @@ class DecisionRecord:
             for item in llm.get("items") or []
             if item.get("addedCard") in indicator
         ]
-        card = (d.get("dataQuality") or {}).get("card")
-        if card in indicator:
-            rows.append(
-                {
-                    **base,
-                    "card_uuid": card,
-                    "rule_id": DATA_QUALITY_RULE,
-                    "rule_version": DATA_QUALITY_VERSION,
-                    "indicator": indicator[card],
-                }
-            )
+        for section, rule_id, version in (
+            ("dataQuality", DATA_QUALITY_RULE, DATA_QUALITY_VERSION),
+            ("chartSummary", CHART_SUMMARY_RULE, CHART_SUMMARY_VERSION),
+        ):
+            card = (d.get(section) or {}).get("card")
+            if card in indicator:
+                rows.append(
+                    {
+                        **base,
+                        "card_uuid": card,
+                        "rule_id": rule_id,
+                        "rule_version": version,
+                        "indicator": indicator[card],
+                    }
+                )
         return rows
 
     def outcome_rows(self) -> list[dict]:

@@ -234,6 +234,8 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
     missing = rule.reads & facts.unavailable
     if missing:
         return RuleResult(rule, "skipped", reason=f"data unavailable: {', '.join(sorted(missing))}")
+    if not rule.note_evidence:  # facts from notes fire only the rules that allow them
+        facts = facts.coded_only
     ev = Evaluation(facts, terminology)
     try:
         starts: list[Bindings] = (

@@ -16,10 +16,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 
+from .mentions import ALLERGY, CONDITION, MEDICATION, PRESENT, Mention
 from .terminology import Terminology, normalise_system
 
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 NOT_TRUE = {"refuted", "entered-in-error"}
+CODED, NOTE = "coded", "note"  # provenance of a fact: a coded FHIR resource, or a sentence of a note
 ACTIVE_ORDER_INTENTS = {"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"}
 UNUSABLE_OBSERVATION = {"cancelled", "entered-in-error", "registered"}
 
@@ -129,6 +131,16 @@ def dose_of(dosage: dict) -> tuple[float | None, str | None]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _evidence_rank(m: Mention) -> tuple:
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return (m.status == PRESENT, m.document_date or oldest, -m.start)
+
+
+def note_ref(mention: Mention) -> str:
+    """Where a note-derived fact comes from: the document and the character span (RFC 5147 style)."""
+    return f"{mention.document}#char={mention.start},{mention.end}"
+
+
 @dataclass(frozen=True)
 class Medication:
     """A medication order or statement (active, draft or past), normalised."""
@@ -151,15 +163,19 @@ class Medication:
     dose_unit: str | None = None
     requester: str | None = None
     mme_per_day: float | None = None  # filled for opioids (see mme.py)
+    provenance: str = CODED
+    evidence: Mention | None = None  # the note sentence a NOTE fact comes from
 
     @property
     def ref(self) -> str:
-        return f"{self.resource_type}/{self.id}"
+        return note_ref(self.evidence) if self.evidence else f"{self.resource_type}/{self.id}"
 
     @property
     def is_active(self) -> bool:
         if self.is_draft:
             return False
+        if self.provenance == NOTE:  # a note saying the patient takes it now
+            return True
         if self.resource_type == "MedicationStatement":
             return self.status in ("active", "intended")
         return self.status == "active" and (self.intent or "order") in ACTIVE_ORDER_INTENTS
@@ -201,10 +217,12 @@ class Condition:
     abated: datetime | None
     encounter: str | None = None  # Condition.encounter reference (encounter diagnoses)
     verification: frozenset[str] = frozenset()  # verificationStatus codes (refuted, entered-in-error ...)
+    provenance: str = CODED
+    evidence: Mention | None = None
 
     @property
     def ref(self) -> str:
-        return f"Condition/{self.id}"
+        return note_ref(self.evidence) if self.evidence else f"Condition/{self.id}"
 
     @property
     def when(self) -> datetime | None:
@@ -222,10 +240,12 @@ class Allergy:
     active: bool
     criticality: str | None
     categories: frozenset[str]
+    provenance: str = CODED
+    evidence: Mention | None = None
 
     @property
     def ref(self) -> str:
-        return f"AllergyIntolerance/{self.id}"
+        return note_ref(self.evidence) if self.evidence else f"AllergyIntolerance/{self.id}"
 
 
 @dataclass(frozen=True)
@@ -269,7 +289,23 @@ class Facts:
     incomplete: frozenset[str] = frozenset()  # resource types of which some resources were set aside
     # (input list, position, error) of resources the builder could not read (set aside, recorded)
     unreadable: tuple[tuple[str, int, str], ...] = ()
+    # Every mention found in the notes, and what became of it: (mention, "used" | "not used", why)
+    note_uses: tuple[tuple[Mention, str, str], ...] = ()
     derived: dict = field(default_factory=dict, compare=False)  # lazily computed (eGFR, MME totals)
+
+    @cached_property
+    def coded_only(self) -> Facts:
+        """These facts without the note-derived ones: what a rule sees unless it allows note evidence."""
+        if not any(use == "used" for _, use, _ in self.note_uses):
+            return self
+        return replace(
+            self,
+            medications=tuple(m for m in self.medications if m.provenance == CODED),
+            allergies=tuple(a for a in self.allergies if a.provenance == CODED),
+            conditions=tuple(c for c in self.conditions if c.provenance == CODED),
+            note_uses=(),
+            derived={},
+        )
 
     @property
     def age(self) -> int | None:
@@ -415,6 +451,11 @@ ELEMENTS_READ: dict[str, frozenset[str]] = {
         }
     ),
     **{t: _EVENT_ELEMENTS for t in EVENT_TYPES},
+    # Notes and reports are read for their text (ehr/documents.py; clinical/note_extraction.py).
+    "DocumentReference": frozenset(
+        {"status", "docStatus", "type", "category", "date", "description", "content", "context"}
+    ),
+    "DiagnosticReport": _EVENT_ELEMENTS | {"conclusion", "presentedForm", "issued", "effectivePeriod"},
 }
 
 
@@ -436,6 +477,7 @@ class FactsBuilder:
         user_id: str | None = None,
         unavailable: frozenset[str] = frozenset(),
         incomplete: frozenset[str] = frozenset(),
+        mentions: Iterable[Mention] = (),
     ) -> Facts:
         now = now or datetime.now(UTC)
         today = today or now.date()
@@ -489,6 +531,9 @@ class FactsBuilder:
             except Exception as exc:  # the caller turns this into a 400 naming the draft
                 unreadable.append(("draft_orders", position, type(exc).__name__))
         observations.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=UTC), reverse=True)
+        note_meds, note_allergies, note_conditions, note_uses = self._note_facts(
+            tuple(mentions), list(meds.values()), allergies, conditions
+        )
         return Facts(
             today=today,
             now=now,
@@ -496,16 +541,178 @@ class FactsBuilder:
             user_id=user_id,
             birth_date=birth,
             sex=sex,
-            medications=tuple(meds.values()),
+            medications=tuple(meds.values()) + note_meds,
             draft_orders=tuple(draft_meds),
             other_draft_orders=tuple(draft_other),
-            allergies=tuple(allergies),
-            conditions=tuple(conditions),
+            allergies=tuple(allergies) + note_allergies,
+            conditions=tuple(conditions) + note_conditions,
             observations=tuple(observations),
             events=tuple(events),
             unavailable=unavailable,
             incomplete=frozenset(incomplete),
             unreadable=tuple(unreadable),
+            note_uses=note_uses,
+        )
+
+    # -- note-derived facts ----------------------------------------------------------------------
+    def _note_facts(self, mentions, meds, allergies, conditions):
+        """Facts from the mentions a note asserts of the patient, each with its sentence as evidence.
+
+        Coded data is never overridden: a mention whose concept the chart already codes is not used (an
+        active record says it already; an inactive, resolved or refuted one is the clinician's later word,
+        unless the note is newer than that record); every mention's fate is kept for the decision record.
+        """
+        out_meds, out_allergies, out_conditions, uses = [], [], [], []
+        # One fact per concept: the same drug or finding written in several sentences or notes is one
+        # fact, whose evidence is the most telling mention (present before historical, then the newest).
+        chosen: dict[tuple[str, str], Mention] = {}
+        for m in mentions:
+            if m.asserted:
+                best = chosen.get((m.kind, m.concept))
+                if best is None or _evidence_rank(m) > _evidence_rank(best):
+                    chosen[(m.kind, m.concept)] = m
+        for m in mentions:
+            if not m.asserted:
+                uses.append((m, "not used", f"not asserted of the patient ({m.status})"))
+                continue
+            best = chosen[(m.kind, m.concept)]
+            if best is not m:
+                uses.append((m, "not used", f"the same {m.kind} as {note_ref(best)}"))
+                continue
+            narrower = self._narrower(m, chosen.values())
+            if narrower is not None:  # "penicillin allergy (amoxicillin)": the ingredient says it better
+                uses.append((m, "not used", f"said more precisely by {note_ref(narrower)}"))
+                continue
+            if m.kind == MEDICATION:
+                why = self._coded_medication(m, meds)
+                if why is None:
+                    out_meds.append(self._note_medication(m))
+            elif m.kind == ALLERGY:
+                why = self._coded_allergy(m, allergies)
+                if why is None:
+                    out_allergies.append(self._note_allergy(m))
+            elif m.kind == CONDITION:
+                why = self._coded_condition(m, conditions)
+                if why is None:
+                    out_conditions.append(self._note_condition(m))
+            else:
+                why = f"unknown kind {m.kind}"
+            uses.append((m, "used", "") if why is None else (m, "not used", why))
+        return tuple(out_meds), tuple(out_allergies), tuple(out_conditions), tuple(uses)
+
+    def _narrower(self, m: Mention, chosen) -> Mention | None:
+        """An ingredient mention of the same kind, in the same document, within this class mention's class."""
+        if not m.concept.startswith("class:"):
+            return None
+        drug_class = m.concept.split(":", 1)[1]
+        for other in chosen:
+            if (
+                other.kind == m.kind
+                and other.document == m.document
+                and other.concept.startswith("ingredient:")
+                and drug_class in self._mention_drug(other)[1]
+            ):
+                return other
+        return None
+
+    def _mention_drug(self, m: Mention) -> tuple[frozenset[str], frozenset[str]]:
+        """(ingredients, classes) a drug mention names."""
+        if m.concept.startswith("ingredient:"):
+            ingredients = frozenset({m.concept.split(":", 1)[1]})
+            return ingredients, self.terminology.drug_classes(ingredients)
+        return frozenset(), frozenset({m.concept.split(":", 1)[1]})
+
+    @staticmethod
+    def _newer(record_when: datetime | None, m: Mention) -> bool:
+        """The coded record is at least as recent as the note (unknown dates: the record wins)."""
+        return record_when is None or m.document_date is None or record_when >= m.document_date
+
+    def _coded_medication(self, m: Mention, meds: list[Medication]) -> str | None:
+        ingredients, classes = self._mention_drug(m)
+        for med in meds:
+            same = bool(ingredients & med.ingredients) if ingredients else bool(classes & med.classes)
+            if not same:
+                continue
+            if med.is_active:
+                return f"already coded ({med.ref})"
+            if self._newer(med.authored, m):
+                return f"a coded record at least as recent says {med.status} ({med.ref})"
+        return None
+
+    def _coded_allergy(self, m: Mention, allergies: list[Allergy]) -> str | None:
+        ingredients, classes = self._mention_drug(m)
+        for a in allergies:
+            same = bool(ingredients & a.ingredients) if ingredients else bool(classes & a.named_classes)
+            if same:
+                return (
+                    f"already coded ({a.ref})"
+                    if a.active
+                    else f"the coded record says inactive or refuted ({a.ref})"
+                )
+        return None
+
+    def _coded_condition(self, m: Mention, conditions: list[Condition]) -> str | None:
+        vs = self.terminology.valuesets.get(m.concept)
+        for c in conditions:
+            if vs is None or not any(vs.has_code(s, code) for s, code in c.codes):
+                continue
+            if c.active:
+                return f"already coded ({c.ref})"
+            if c.verification & NOT_TRUE:
+                return f"the coded record says {', '.join(sorted(c.verification & NOT_TRUE))} ({c.ref})"
+            if self._newer(c.abated or c.recorded, m):
+                return f"a coded record at least as recent says it is not active ({c.ref})"
+        return None
+
+    def _note_medication(self, m: Mention) -> Medication:
+        ingredients, classes = self._mention_drug(m)
+        name = m.label if m.label.lower() == m.display.lower() else f"{m.label} ({m.display})"
+        return Medication(
+            resource_type=m.document.split("/", 1)[0],
+            id=m.document.split("/", 1)[-1],
+            name=name,
+            codes=m.codes,
+            ingredients=ingredients,
+            classes=classes,
+            status="active",
+            intent=None,
+            categories=frozenset({"patient-reported"}),
+            authored=m.document_date,
+            is_draft=False,
+            provenance=NOTE,
+            evidence=m,
+        )
+
+    def _note_allergy(self, m: Mention) -> Allergy:
+        ingredients, classes = self._mention_drug(m)
+        named = classes if not ingredients else frozenset()
+        return Allergy(
+            id=m.document.split("/", 1)[-1],
+            name=m.label if m.label.lower() == m.display.lower() else f"{m.label} ({m.display})",
+            codes=m.codes,
+            ingredients=ingredients,
+            classes=classes,
+            named_classes=named,
+            active=True,
+            criticality=None,  # a note seldom grades it; the card quotes the reaction instead
+            categories=frozenset({"medication"}),
+            provenance=NOTE,
+            evidence=m,
+        )
+
+    @staticmethod
+    def _note_condition(m: Mention) -> Condition:
+        return Condition(
+            id=m.document.split("/", 1)[-1],
+            name=m.label if m.label.lower() == m.display.lower() else f"{m.label} ({m.display})",
+            codes=m.codes,
+            active=m.status == PRESENT,
+            categories=frozenset(),
+            onset=None,
+            recorded=m.document_date,
+            abated=None,
+            provenance=NOTE,
+            evidence=m,
         )
 
     # -- medications ---------------------------------------------------------------------------

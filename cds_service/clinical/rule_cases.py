@@ -7,15 +7,18 @@ live hook call. Used by ``cds-service rules test`` and by the test suite.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from ..ehr.documents import read_documents
 from ..ehr.validation import ResourceValidator
 from ..errors import InvalidRequest
 from ..protocol.cards import cards_for
 from .engine import evaluate_rule
 from .facts import FactsBuilder
+from .note_extraction import NoteReader
 from .rule_model import Rule, Rulebook
 from .terminology import LOINC, RXNORM, SNOMED, Terminology
 
@@ -290,6 +293,40 @@ class CaseBuilder:
                 r["performer"] = [{"actor": {"reference": item["performer"]}}]
         return r
 
+    def note(self, item) -> dict:
+        """A clinical note (DocumentReference) holding `text` inline, base64 as an EHR sends it."""
+        item = {"text": item} if isinstance(item, str) else dict(item)
+        content_type = item.get("contentType", "text/plain")
+        return {
+            "resourceType": "DocumentReference",
+            "id": self._id("note"),
+            "status": item.get("status", "current"),
+            "type": {"text": item.get("title") or "Progress note"},
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "date": self._when(item.get("daysAgo", 1)),
+            "content": [
+                {
+                    "attachment": {
+                        "contentType": f"{content_type}; charset=utf-8",
+                        "data": base64.b64encode(str(item["text"]).encode()).decode("ascii"),
+                    }
+                }
+            ],
+        }
+
+    def report(self, item) -> dict:
+        """A DiagnosticReport whose finding is its `conclusion` text."""
+        item = {"text": item} if isinstance(item, str) else dict(item)
+        return {
+            "resourceType": "DiagnosticReport",
+            "id": self._id("report"),
+            "status": item.get("status", "final"),
+            "code": {"text": item.get("title") or "Report"},
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "effectiveDateTime": self._when(item.get("daysAgo", 1)),
+            "conclusion": str(item["text"]),
+        }
+
     def build(self, case: dict) -> tuple[list[dict], list[dict]]:
         resources = [self.patient(case.get("patient"))]
         resources += [self.medication(m, draft=False) for m in case.get("medications") or []]
@@ -297,6 +334,8 @@ class CaseBuilder:
         resources += [self.allergy(a) for a in case.get("allergies") or []]
         resources += [self.observation(o) for o in case.get("observations") or []]
         resources += [self.event(e) for e in case.get("events") or []]
+        resources += [self.note(n) for n in case.get("notes") or []]
+        resources += [self.report(r) for r in case.get("reports") or []]
         resources += [dict(r) for r in case.get("resources") or []]
         drafts = [self.medication(m, draft=True) for m in case.get("draftOrders") or []]
         return resources, drafts
@@ -327,6 +366,7 @@ def run_case(
     builder: FactsBuilder,
     terminology: Terminology,
     validator: ResourceValidator,
+    reader: NoteReader | None = None,
 ) -> CaseResult:
     today = _today(case)
     resources, drafts = CaseBuilder(today).build(case)
@@ -339,7 +379,12 @@ def run_case(
         return CaseResult(
             rule, case["name"], expected, False, f"case data is not valid FHIR: {exc.diagnostics}"
         )
-    facts = builder.build(resources, patient_id=PATIENT_ID, draft_orders=drafts, today=today, user_id=USER)
+    reader = reader or NoteReader(terminology)
+    notes = read_documents(resources, None)  # as a hook call reads them: notes and reports, inline text
+    mentions = [m for text in notes.texts for m in reader.read(text)]
+    facts = builder.build(
+        resources, patient_id=PATIENT_ID, draft_orders=drafts, today=today, user_id=USER, mentions=mentions
+    )
     hook = case.get("hook") or rule.hooks[0]
     if hook == "patient-view" and drafts:
         return CaseResult(rule, case["name"], expected, False, "patient-view cases cannot have draftOrders")
@@ -374,11 +419,12 @@ def run_rule_cases(
     rulebook: Rulebook, builder: FactsBuilder, terminology: Terminology, rule_ids: list[str] | None = None
 ) -> list[CaseResult]:
     validator = ResourceValidator()
+    reader = NoteReader(terminology)
     results = []
     for rule in rulebook.rules:
         if (rule_ids and rule.id not in rule_ids) or rule.status == "retired":
             continue
         for expected in ("fire", "silent"):
             for case in rule.cases.get(expected) or []:
-                results.append(run_case(rule, case, expected, builder, terminology, validator))
+                results.append(run_case(rule, case, expected, builder, terminology, validator, reader))
     return results

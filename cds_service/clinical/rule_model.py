@@ -95,6 +95,7 @@ class Rule:
     description: str = ""
     escalate: tuple[dict, ...] = ()
     max_cards: int | None = None  # at most this many cards per hook call (default: engine's cap)
+    note_evidence: bool = False  # facts read from clinical notes may fire it (`noteEvidence: allowed`)
     reads: frozenset[str] = frozenset()
     compiled: dict[str, Any] = field(default_factory=dict)  # template text -> jinja Template
 
@@ -204,6 +205,7 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
         reads=frozenset(reads),
         compiled=compiled,
         max_cards=data.get("max_cards"),
+        note_evidence=data.get("noteEvidence") == "allowed",
     )
 
 

@@ -6,6 +6,8 @@ Layout of ``fhir/terminology/``:
   ``display`` and ``designation[].value`` (synonyms, brand names) are the names by which an ingredient
   is recognised in a medication's text when its code is unknown to us. A medication belongs to a class
   when one of its ingredients does.
+- ``note-findings/*.json``: ValueSets (extension ``.../note-finding`` = true) of conditions the note
+  reader looks for in clinical notes: each concept's display and designations are the phrases matched.
 - ``maps/*.json``: ConceptMaps from RxNorm clinical and branded drug codes to their ingredients, so a
   medication coded without any display still resolves to its ingredients.
 - any other ``**/*.json``: ValueSets of codes (RxNorm clinical drugs, LOINC, SNOMED CT, ICD-10-CM ...),
@@ -65,6 +67,7 @@ class ValueSet:
     concepts: list[Concept] = field(default_factory=list)
     ranges: list[tuple[str, str, str]] = field(default_factory=list)  # (system, low, high) for ICD-10-CM
     is_drug_class: bool = False
+    note_finding: bool = False  # its concepts' displays and designations are looked for in clinical notes
     class_names: set[str] = field(default_factory=set)  # names of the class itself ("nsaids")
     designations: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # synonyms, brand names
 
@@ -117,12 +120,37 @@ class Terminology:
             if names
             else None
         )
+        # note-finding phrase -> (value set id, (system, code), display): what the note reader looks for
+        self.finding_names: dict[str, tuple[str, tuple[str, str], str]] = {}
+        for vs in valuesets.values():
+            if vs.note_finding:
+                for concept in vs.concepts:
+                    names = {normalise_name(concept.display)} | vs.designations.get(
+                        (concept.system, concept.code), set()
+                    )
+                    for name in names:
+                        self.finding_names.setdefault(
+                            name, (vs.id, (concept.system, concept.code), concept.display)
+                        )
+        self.ingredient_codes: dict[str, tuple[str, str]] = {}
+        for key, name in self._code_to_ingredient.items():
+            self.ingredient_codes.setdefault(name, key)
         class_names = sorted(self._class_name_to_vs, key=len, reverse=True)
         self._class_pattern = (
             re.compile(r"(?<![a-z0-9])(" + "|".join(re.escape(n) for n in class_names) + r")(?![a-z0-9])")
             if class_names
             else None
         )
+
+    @property
+    def ingredient_names(self) -> dict[str, str]:
+        """Every name, synonym and brand name of an ingredient -> its canonical name."""
+        return self._name_to_ingredient
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        """Names of drug classes ("penicillins", "sulfa drugs") -> their value set id."""
+        return self._class_name_to_vs
 
     def __contains__(self, vs_id: str) -> bool:
         return vs_id in self.valuesets
@@ -220,6 +248,10 @@ def load_valueset(path: Path, root: Path) -> ValueSet:
         names = {normalise_name(d["value"]) for d in concept.get("designation") or [] if d.get("value")}
         if names:
             vs.designations[(system, code)] = names
+    vs.note_finding = any(
+        e.get("url", "").endswith("/note-finding") and e.get("valueBoolean") is True
+        for e in resource.get("extension") or []
+    )
     if vs.is_drug_class:
         vs.class_names = {normalise_name(vs.title)} | {
             normalise_name(e.get("valueString", ""))

@@ -12,10 +12,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..audit.record import DATA_QUALITY_RULE, DATA_QUALITY_VERSION
+from ..audit.record import CHART_SUMMARY_RULE, CHART_SUMMARY_VERSION, DATA_QUALITY_RULE, DATA_QUALITY_VERSION
+from ..clinical.chart_summary import summary_lines, summary_markdown
 from ..clinical.engine import Finding, RuleResult
 from ..ehr.data_quality import Action, DataIssue
 from ..ehr.prefetch import Origin, PrefetchResult
+from .note_evidence import evidence_in, evidence_markdown, record_suggestions
 from .schemas import CardSchema
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,9 @@ def build_card(finding: Finding, facts) -> dict:
     refs = "\n".join(
         f"- [{r.title}]({r.url})" + (f" — {r.citation}" if r.citation else "") for r in rule.references
     )
+    evidence = evidence_in(finding.bindings)
+    if evidence:  # a fact from a note fired it: quote the sentence, name the document, say who read it
+        detail = (detail + "\n\n" if detail else "") + evidence_markdown(evidence)
     card["detail"] = (detail + "\n\n" if detail else "") + "**Sources**\n" + refs
     if spec.get("source"):
         card["source"] = {
@@ -129,9 +134,11 @@ def build_card(finding: Finding, facts) -> dict:
         if suggestion.get("isRecommended"):
             rendered["isRecommended"] = True
         suggestions.append(rendered)
-    if suggestions:
-        card["suggestions"] = suggestions
-        card["selectionBehavior"] = spec.get("selectionBehavior", "at-most-one")
+    recording = record_suggestions(evidence, facts.patient_id) if evidence else []
+    if suggestions or recording:
+        card["suggestions"] = suggestions + recording
+        # recording the coded fact goes with any other choice
+        card["selectionBehavior"] = "any" if recording else spec.get("selectionBehavior", "at-most-one")
     card["overrideReasons"] = _override_reasons(spec.get("overrideReasons"))
     links = [
         {
@@ -144,6 +151,8 @@ def build_card(finding: Finding, facts) -> dict:
     if links:
         card["links"] = links
     card["extension"] = {"org.cds-service.rule": {"id": rule.id, "version": rule.version}}
+    if evidence:
+        card["extension"]["org.cds-service.note-evidence"] = [m.as_record() for m in evidence]
     return card
 
 
@@ -221,4 +230,19 @@ def data_quality_card(
             "org.cds-service.rule": {"id": DATA_QUALITY_RULE, "version": DATA_QUALITY_VERSION},
             "org.cds-service.data-quality": summary,
         },
+    }
+
+
+def chart_summary_card(facts, terminology, why: str) -> dict | None:
+    """The deterministic patient-view summary (clinical/chart_summary.py): facts with dates and sources;
+    None when every section is empty."""
+    if not any(summary_lines(facts, terminology).values()):
+        return None
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": "Chart summary: problems, high-alert medicines, abnormal labs, allergies, notes",
+        "indicator": "info",
+        "detail": summary_markdown(facts, terminology, why),
+        "source": {"label": "CDS service chart summary (composed from the record, no language model)"},
+        "extension": {"org.cds-service.rule": {"id": CHART_SUMMARY_RULE, "version": CHART_SUMMARY_VERSION}},
     }

@@ -1,7 +1,8 @@
 """One hook call end to end, as stages over a typed `HookCall`:
 
-    parse ─▶ check drafts ─▶ gather (prefetch, fetch) ─▶ screen data ─▶ facts ─▶ rules ─▶ cards
-          ─▶ reasoning (LLM) ─▶ data-quality card ─▶ DecisionRecord.from_call ─▶ decision log ─▶ answer
+    parse ─▶ check drafts ─▶ gather (prefetch, fetch) ─▶ screen data ─▶ notes ─▶ facts ─▶ rules ─▶ cards
+          ─▶ reasoning (LLM) or chart summary ─▶ data-quality card ─▶ DecisionRecord.from_call
+          ─▶ decision log ─▶ answer
 
 Strict with the request, lenient with the data: the envelope, context and draft orders are the EHR's
 own request and answer 400 naming every bad field (after normalising deviations whose meaning is
@@ -22,7 +23,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -31,14 +32,17 @@ from ..audit.record import DecisionRecord
 from ..canonical import utc_now
 from ..clinical.engine import RuleResult, evaluate
 from ..clinical.facts import ELEMENTS_READ, Facts, FactsBuilder
+from ..clinical.mentions import BASELINE, COMBINATION, LLM, Mention
+from ..clinical.note_extraction import NoteReader
 from ..clinical.terminology import Terminology
 from ..ehr.data_quality import Action, DataIssue, reference_of, screen
-from ..ehr.fhir_client import FhirAccess
+from ..ehr.documents import DOCUMENT_TYPES, read_documents
+from ..ehr.fhir_client import FhirAccess, FhirClient
 from ..ehr.prefetch import PrefetchResult, resolve
 from ..ehr.validation import ResourceValidator, patient_scope_problem, raise_invalid
 from ..errors import CdsError, InvalidRequest, Issue, PrefetchUnavailable, clip
 from ..reasoning.reasoner import Reasoner
-from .cards import IssuedCard, RejectedCard, cards_for, data_quality_card, validate_card
+from .cards import IssuedCard, RejectedCard, cards_for, chart_summary_card, data_quality_card, validate_card
 from .client_auth import ClientIdentity
 from .registry import ServiceDefinition
 from .schemas import CONTEXT_SCHEMAS, HookRequestSchema, load_or_400
@@ -116,6 +120,10 @@ class HookCall:
     request: HookRequest | None = None
     drafts: list[dict] = field(default_factory=list)
     prefetch: PrefetchResult | None = None
+    fhir_client: FhirClient | None = None  # the EHR's FHIR server for this call (also reads note Binaries)
+    mentions: tuple[Mention, ...] = ()  # what the notes say, with assertion status (notes stage)
+    notes: dict | None = None  # the record of the notes stage: documents read, unread, mentions, who decided
+    summary_card: str | None = None  # uuid of the deterministic chart summary card
     hashes: dict[int, str] = field(default_factory=dict)  # id(resource) -> content hash, for the record
     facts: Facts | None = None
     results: list[RuleResult] = field(default_factory=list)
@@ -246,7 +254,7 @@ def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
 def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
     """The prefetch as sent, the rest fetched from the EHR's FHIR server (prefetch.py)."""
     request = call.request
-    client = fhir.client(request.fhir_server, request.access_token)
+    client = call.fhir_client = fhir.client(request.fhir_server, request.access_token)
     try:
         call.prefetch = resolve(
             call.service.templates,
@@ -273,6 +281,49 @@ def check_data(call: HookCall, validator: ResourceValidator) -> None:
     call.usable = screened.usable
 
 
+def read_notes(call: HookCall, reader: NoteReader, reasoner: Reasoner | None) -> None:
+    """The text of the notes and reports (ehr/documents.py), the mentions in it (clinical/note_extraction.py)
+    and their assertion status: the ConText baseline's, or the LLM's where its measured figures earn it
+    (reasoning/capabilities.py). The LLM never holds up the rules: on order-sign only answers already
+    cached are used (patient-view asked for them when the chart opened); on patient-view it is waited for
+    within the response budget. Whatever is not ready is recorded as pending and the baseline decides."""
+    documents = [r for _, r in call.usable if r.get("resourceType") in DOCUMENT_TYPES]
+    if not documents and not any(t in DOCUMENT_TYPES for t in call.service.resource_types.values()):
+        return
+    read = read_documents(documents, call.fhir_client)
+    mentions = [m for text in read.texts for m in reader.read(text)]
+    component = reasoner.capabilities.assertion_component if reasoner is not None else BASELINE
+    llm_items: list[dict] = []
+    if component != BASELINE and mentions:
+        if call.request.hook == "patient-view":
+            deadline = call.watch.start_monotonic + reasoner.budget_ms / 1000.0
+        else:
+            deadline = time.monotonic()  # cached answers only
+        answers = reasoner.decide_assertions(
+            [(m.sentence, m.start - m.sentence_start, m.end - m.sentence_start) for m in mentions], deadline
+        )
+        decided = []
+        for m, (label, item) in zip(mentions, answers, strict=True):
+            item["mention"] = [m.document, m.start, m.end]
+            llm_items.append(item)
+            if label is None or (component == COMBINATION and m.triggers):
+                decided.append(m)  # pending, or the baseline found a trigger: the baseline decides
+            else:
+                decided.append(replace(m, status=label, decided_by=LLM, model_id=reasoner.model_id))
+        mentions = decided
+    call.mentions = tuple(mentions)
+    call.notes = {
+        "documentsRead": len({t.ref for t in read.texts}),
+        "parts": [{"document": t.ref, "part": t.part, "characters": len(t.text)} for t in read.texts][:100],
+        "unread": [
+            {"document": u.ref, "part": u.part, "contentType": u.content_type, "why": u.why}
+            for u in read.unread
+        ][:100],
+        "assertionComponent": component,
+        **({"llm": {"modelId": reasoner.model_id, "items": llm_items[:200]}} if llm_items else {}),
+    }
+
+
 def build_facts(call: HookCall, builder: FactsBuilder) -> None:
     unavailable = frozenset(call.service.resource_types[k] for k in call.prefetch.unavailable)
     # Types with something set aside; an entry that held no resource counts as its key's type.
@@ -289,7 +340,13 @@ def build_facts(call: HookCall, builder: FactsBuilder) -> None:
         unavailable=unavailable,
         incomplete=incomplete,
         today=call.today,
+        mentions=call.mentions,
     )
+    if call.notes is not None:  # every mention and what became of it (used, or why not)
+        call.notes["mentions"] = [
+            {**m.as_record(), "use": use, **({"why": why} if why else {})}
+            for m, use, why in call.facts.note_uses[:200]
+        ]
     bad_drafts = []
     for source, position, error in call.facts.unreadable:
         if source == "draft_orders":
@@ -333,6 +390,24 @@ def reason(call: HookCall, reasoner: Reasoner) -> None:
         call.cards = enriched
 
 
+def summarise_chart(call: HookCall, terminology: Terminology, reasoner: Reasoner | None) -> None:
+    """Patient-view services that ask for a summary get the deterministic one unless the model has
+    earned free text (its figures are in the decision record's `llm.freeText`)."""
+    if call.service.llm_task != "summary":
+        return
+    if reasoner is None:
+        why = "no language model configured"
+    elif reasoner.capabilities.free_text_enabled:
+        return
+    else:
+        why = f"free text is off for {reasoner.model_id}: {reasoner.capabilities.free_text_reason}"
+    card = chart_summary_card(call.facts, terminology, why)
+    if card is None:  # nothing on the chart to summarise: no card (an empty chart gets no noise)
+        return
+    call.cards.append(card)
+    call.summary_card = card["uuid"]
+
+
 def report_data_quality(call: HookCall) -> None:
     """Never "no cards" when a check could not run: an info card names the checks and why."""
     card = data_quality_card(call.results, call.prefetch, call.data_issues)
@@ -355,6 +430,11 @@ class HookPipeline:
     terminology: Terminology
     decision_log: DecisionLog
     reasoner: Reasoner | None = None
+    note_reader: NoteReader | None = None
+
+    def __post_init__(self):
+        if self.note_reader is None:
+            self.note_reader = NoteReader(self.terminology)
 
     def call(
         self,
@@ -376,6 +456,8 @@ class HookPipeline:
             lap("prefetch")
             check_data(call, self.validator)
             lap("validate")
+            read_notes(call, self.note_reader, self.reasoner)
+            lap("notes")
             build_facts(call, self.facts_builder)
             lap("facts")
             run_rules(call, self.terminology)
@@ -385,6 +467,7 @@ class HookPipeline:
             if self.reasoner is not None and call.service.llm_task != "none":
                 reason(call, self.reasoner)
                 lap("llm")
+            summarise_chart(call, self.terminology, self.reasoner)
             report_data_quality(call)
         except CdsError as exc:
             call.error, call.status = exc, exc.status
