@@ -292,3 +292,120 @@ def test_a_class_allergy_is_said_more_precisely_by_the_ingredient_in_the_same_no
 def test_general_phrasing(reader, text, kind, concept, status):
     m = only(reader.read(doc(text)), kind=kind)
     assert (m.concept, m.status) == (concept, status)
+
+
+def test_each_allergy_in_a_list_gets_its_own_reaction(reader):
+    mentions = reader.read(doc("Allergies: PCN (hives), sulfa (rash), codeine (nausea)."))
+    reactions = {m.concept: m.reaction for m in mentions if m.kind == ALLERGY}
+    assert reactions == {
+        "class:penicillins": "hives",
+        "class:sulfonamide-antibiotics": "rash",
+        "ingredient:codeine": "nausea",
+    }
+    assert only(reader.read(doc("Anaphylaxis to penicillin.")), kind=ALLERGY).reaction == "Anaphylaxis"
+
+
+# -- the LLM deciding assertions, where its gate is open ------------------------------------------
+
+
+class Chooser:
+    """A backend whose constrained answer is fixed: what the pipeline does with it is under test."""
+
+    model_id = "fake-chooser@1"
+
+    def __init__(self, answer: str):
+        self.answer, self.calls = answer, 0
+
+    def choose(self, messages, options, max_new_tokens=8):
+        from cds_service.reasoning.backends import Generation
+
+        assert self.answer in options
+        self.calls += 1
+        return Generation(self.answer, 10, 2, 0.001)
+
+    def generate(self, messages, max_new_tokens):
+        from cds_service.reasoning.backends import LlmError
+
+        raise LlmError("no free text from this backend")
+
+
+def _gated(app, answer: str, component: str):
+    from cds_service.reasoning.cache import LlmStore
+    from cds_service.reasoning.capabilities import Capabilities
+    from cds_service.reasoning.grounding import GroundingGuard
+    from cds_service.reasoning.reasoner import Reasoner
+
+    rt = app.extensions["cds_runtime"]
+    rt.reasoner = Reasoner(
+        Chooser(answer),
+        LlmStore(rt.storage.engine),
+        GroundingGuard(rt.content.terminology),
+        budget_ms=3000,
+        capabilities=Capabilities(assertion_component=component, assertion_reason="measured better (test)"),
+    )
+    rt.registry.pipeline.reasoner = rt.reasoner
+    return rt
+
+
+def _settle(reasoner, seconds: float = 10) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while reasoner._inflight and time.time() < deadline:
+        time.sleep(0.02)
+
+
+WARFARIN_WITH_NOTE = {
+    "draftOrders": ["Warfarin Sodium 5 MG Oral Tablet"],
+    "notes": ["Takes Aleve most days."],
+}
+
+
+def test_order_sign_uses_only_cached_llm_answers_and_the_next_call_finds_them(make_app):
+    app = make_app()
+    rt = _gated(app, "absent", "llm")
+    client = app.test_client()
+    first = client.post("/cds-services/medication-order-check", json=order_sign(WARFARIN_WITH_NOTE))
+    ids = [c["extension"]["org.cds-service.rule"]["id"] for c in first.get_json()["cards"]]
+    assert "ddi-warfarin-nsaid" in ids  # not ready: the baseline decided ("present") and the card shows
+    notes = rt.storage.decision_log.get(first.headers["X-Decision-Id"])["notes"]
+    assert notes["assertionComponent"] == "llm"
+    assert [i["status"] for i in notes["llm"]["items"]] == ["pending"]
+    assert notes["mentions"][0]["decidedBy"] == "baseline"
+    _settle(rt.reasoner)
+    second = client.post("/cds-services/medication-order-check", json=order_sign(WARFARIN_WITH_NOTE))
+    ids = [c["extension"]["org.cds-service.rule"]["id"] for c in second.get_json()["cards"]]
+    assert "ddi-warfarin-nsaid" not in ids  # the model, allowed to decide, says the note negates it
+    (mention,) = rt.storage.decision_log.get(second.headers["X-Decision-Id"])["notes"]["mentions"]
+    assert (mention["status"], mention["decidedBy"], mention["modelId"]) == (NEGATED, "llm", "fake-chooser@1")
+    assert rt.reasoner.backend.calls == 1  # asked once, shared through the cache
+    rt.reasoner.close()
+
+
+def test_patient_view_waits_for_the_llm_within_the_budget_and_labels_ai_assisted_evidence(make_app):
+    app = make_app()
+    rt = _gated(app, "present", "llm")
+    client = app.test_client()
+    view = client.post("/cds-services/patient-chart-review", json=patient_view({"notes": ["Aleve daily."]}))
+    notes = rt.storage.decision_log.get(view.headers["X-Decision-Id"])["notes"]
+    assert [i["status"] for i in notes["llm"]["items"]] == ["generated"]
+    response = client.post(
+        "/cds-services/medication-order-check",
+        json=order_sign({"draftOrders": ["Warfarin Sodium 5 MG Oral Tablet"], "notes": ["Aleve daily."]}),
+    )
+    (card,) = [c for c in response.get_json()["cards"] if "org.cds-service.note-evidence" in c["extension"]]
+    assert "AI-assisted" in card["detail"] and "fake-chooser@1" in card["detail"]
+    assert card["extension"]["org.cds-service.note-evidence"][0]["decidedBy"] == "llm"
+    rt.reasoner.close()
+
+
+def test_in_combination_a_baseline_trigger_wins_over_the_llm(make_app):
+    app = make_app()
+    rt = _gated(app, "present", "combination")
+    client = app.test_client()
+    body = patient_view({"notes": ["Denies Aleve use. Takes Motrin."]})
+    view = client.post("/cds-services/patient-chart-review", json=body)
+    mentions = rt.storage.decision_log.get(view.headers["X-Decision-Id"])["notes"]["mentions"]
+    decided = {m["label"]: (m["status"], m["decidedBy"]) for m in mentions}
+    assert decided == {"Aleve": (NEGATED, "baseline"), "Motrin": (PRESENT, "llm")}
+    rt.reasoner.close()

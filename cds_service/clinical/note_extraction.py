@@ -79,6 +79,20 @@ def _section_at(sections: list[tuple[int, str]], offset: int) -> str:
     return header
 
 
+def _reaction_of(match: re.Match, matches: list[re.Match], i: int, reactions: list[re.Match]) -> str | None:
+    """The reaction written with this drug in a list ("PCN (hives), sulfa (rash)"): the first one after it
+    and before the next drug, else the last one before it and after the previous drug."""
+    after = matches[i + 1].start() if i + 1 < len(matches) else None
+    before = matches[i - 1].end() if i > 0 else 0
+    for r in reactions:
+        if r.start() >= match.end() and (after is None or r.start() < after):
+            return r.group(0)
+    for r in reversed(reactions):
+        if before <= r.start() and r.end() <= match.start():
+            return r.group(0)
+    return None
+
+
 class NoteReader:
     """Built once at start-up from the terminology; `read` is pure and cached by document content."""
 
@@ -130,9 +144,9 @@ class NoteReader:
             section = _section_at(sections, s_start)
             allergy_context = bool(_ALLERGY_CUE.search(sentence) or _ALLERGY_SECTION.search(section))
             family_section = bool(_FAMILY_SECTION.search(section))
-            reaction = _REACTION.search(sentence)
+            reactions = list(_REACTION.finditer(sentence))
             seen: set[tuple[str, str]] = set()
-            for match in matches:
+            for i, match in enumerate(matches):
                 term = self.terms.get(match.group(1).lower())
                 if term is None:
                     continue
@@ -168,7 +182,7 @@ class NoteReader:
                         document_date=document.date,
                         decided_by=BASELINE,
                         triggers=context.triggers + (("section: " + section,) if family_section else ()),
-                        reaction=reaction.group(0) if kind == ALLERGY and reaction else None,
+                        reaction=_reaction_of(match, matches, i, reactions) if kind == ALLERGY else None,
                         codes=codes,
                     )
                 )
