@@ -34,7 +34,15 @@ from cds_service.reasoning.preparation.evaluate import (  # noqa: E402
     run_baseline,
     run_chooser,
 )
-from cds_service.reasoning.preparation.negex import LABELS, find_kit, read_kit, score, stratified_sample  # noqa: E402
+from cds_service.reasoning.preparation.negex import (  # noqa: E402
+    LABELS,
+    context_labels,
+    find_kit,
+    read_kit,
+    score,
+    score_dimensions,
+    stratified_sample,
+)
 
 
 def load_chooser(name: str):
@@ -101,24 +109,16 @@ def print_table(result: dict) -> None:
     print(f"baseline found a trigger in {result['baselineTriggered']} of {sample['sentences']} sentences")
     if result.get("baselinePerDimension"):
         print(
-            "baseline per ConText dimension (negex_kit.score): "
+            "baseline per ConText dimension (score_dimensions): "
             + ", ".join(f"{k} F1 {v['f1']:.2f}" for k, v in result["baselinePerDimension"].items())
         )
 
 
-def _per_dimension(kit: Path, items, baseline) -> dict | None:
-    """The baseline scored per ConText dimension (a row may be negated AND historical), with
-    benchmarks/negex_kit.py as tests/test_assertion.py scores it: the baseline's own figure. The table
-    above scores every component on its one status, as a mention carries it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import negex_kit
-    except ImportError:
-        return None
-    rows = {r.number: r for r in negex_kit.load_kit(kit)}
-    gold = [rows[it.row.number].labels for it in items]
-    scores = negex_kit.score(gold, [negex_kit.predicted_labels(c) for c in baseline.contexts])
-    return {label: s.as_dict() for label, s in scores.items()}
+def _per_dimension(items, baseline) -> dict:
+    """The baseline scored per ConText dimension (a row may be negated AND historical), as
+    tests/test_assertion.py scores it: the baseline's own figure. The table above scores every component on
+    its one status, as a mention carries it."""
+    return score_dimensions([it.row for it in items], [context_labels(c) for c in baseline.contexts])
 
 
 def run(backends: list[str], kit: Path, sample: int | None, seed: int = 0) -> dict:
@@ -133,7 +133,7 @@ def run(backends: list[str], kit: Path, sample: int | None, seed: int = 0) -> di
 
     result = {
         "kit": str(kit),
-        "baselinePerDimension": _per_dimension(kit, items, baseline),
+        "baselinePerDimension": _per_dimension(items, baseline),
         "sample": {
             "sentences": len(items),
             "method": "whole kit" if sample is None else f"stratified by status, seed {seed}",

@@ -6,10 +6,6 @@ a regression guard on negation F1.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from cds_service.clinical.assertion import Context, assess, sentence_spans
@@ -21,8 +17,18 @@ from cds_service.clinical.mentions import (
     PRESENT,
     SOMEONE_ELSE,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
+from cds_service.reasoning.preparation.negex import (
+    EXACT,
+    IGNORE_CASE,
+    PARTIAL,
+    WHOLE,
+    KitRow,
+    context_labels,
+    find_kit,
+    find_target,
+    read_kit,
+    score_dimensions,
+)
 
 
 def status(sentence: str, target: str, occurrence: int = 0) -> str:
@@ -257,43 +263,54 @@ def test_sentences_feed_assess_with_their_own_offsets():
 NEGATION_F1_FLOOR = 0.96
 
 
-def _negex_kit():
-    spec = importlib.util.spec_from_file_location("negex_kit", ROOT / "benchmarks" / "negex_kit.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("negex_kit", module)  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_negation_f1_on_the_negex_kit_stays_above_the_floor():
-    kit = _negex_kit()
-    if not kit.KIT.is_file():
-        pytest.skip(f"NegEx kit not present at {kit.KIT}")
-    rows = kit.load_kit(kit.KIT)
-    assert len(rows) == 2376 and sum(r.located == kit.EXACT for r in rows) > 2300
-    predicted = [kit.predicted_labels(assess(r.sentence, r.start, r.end)) for r in rows]
-    scores = kit.score([r.labels for r in rows], predicted)
-    negation = scores[kit.NEGATED]
-    assert negation.tp + negation.fn == 491  # the kit's Negated count: the mapping reads the right column
-    assert negation.f1 >= NEGATION_F1_FLOOR, negation.as_dict()
+    path = find_kit()
+    if path is None:
+        pytest.skip("NegEx kit not present (benchmarks/negex/)")
+    rows = read_kit(path)
+    assert len(rows) == 2376 and sum(r.target.how == EXACT for r in rows) > 2300
+    located = [(r, where) for r in rows if (where := r.located()) is not None]
+    assert len(located) == 2373  # all but the 3 rows whose phrase is not in the sentence at all
+    scores = score_dimensions([r for r, _ in located], [context_labels(assess(*w)) for _, w in located])
+    negation = scores["negation"]
+    assert negation["support"] == 491  # the kit's Negated count: the mapping reads the right column
+    assert negation["f1"] >= NEGATION_F1_FLOOR, negation
 
 
-def test_kit_scoring_counts():
-    kit = _negex_kit()
-    gold = [frozenset({kit.NEGATED}), frozenset(), frozenset({kit.NEGATED}), frozenset()]
-    pred = [frozenset({kit.NEGATED}), frozenset({kit.NEGATED}), frozenset(), frozenset()]
-    s = kit.score(gold, pred)[kit.NEGATED]
-    assert (s.tp, s.fp, s.fn, s.tn) == (1, 1, 1, 1)
-    assert s.precision == s.recall == s.f1 == 0.5
-    assert kit.score(gold, pred)[kit.HISTORICAL].f1 == 0.0
+def _kit_row(negation="Affirmed", temporality="Recent"):
+    return KitRow(1, "", "x", "X", negation, temporality, "Patient")
+
+
+def test_kit_scoring_per_dimension_counts():
+    rows = [_kit_row("Negated"), _kit_row(), _kit_row("Negated", "Historical"), _kit_row()]
+    predicted = [frozenset({"negation"}), frozenset({"negation"}), frozenset({"historical"}), frozenset()]
+    scores = score_dimensions(rows, predicted)
+    negation = scores["negation"]
+    assert (negation["tp"], negation["fp"], negation["fn"]) == (1, 1, 1)
+    assert negation["precision"] == negation["recall"] == negation["f1"] == 0.5
+    assert scores["historical"]["f1"] == 1.0  # the third row is right on temporality, wrong on negation
     with pytest.raises(ValueError):
-        kit.score(gold, pred[:2])
+        score_dimensions(rows, predicted[:2])
+
+
+def test_context_labels_keep_each_dimension_and_one_temporality():
+    assert context_labels(Context(negated=True, historical=True)) == {"negation", "historical"}
+    assert context_labels(Context(historical=True, hypothetical=True)) == {"hypothetical"}
+    assert context_labels(Context(someone_else=True)) == {"experiencer"}
 
 
 def test_kit_target_is_the_upper_case_phrase_not_a_header():
-    kit = _negex_kit()
     sentence = "UTI:  The patient was noted to have a UTI, which grew out E. coli."
-    start, end, located = kit.locate("UTI", sentence)
-    assert (sentence[start:end], located) == ("UTI", kit.EXACT) and start > 10
-    start, end, located = kit.locate("pulses", "Extremities 2+ pulses bilaterally.")
-    assert located == kit.IGNORE_CASE and (start, end) == (15, 21)
+    t = find_target("UTI", sentence)
+    assert (sentence[t.start : t.end], t.how) == ("UTI", EXACT) and t.start > 10
+    t = find_target("MI", "Therefore, he was admitted to the Medicine Service to rule   out MI.")
+    assert (t.start, t.how) == (65, EXACT)  # not "mi" in "admitted"
+    t = find_target("pulses", "Extremities 2+ pulses bilaterally.")
+    assert t.how == IGNORE_CASE and (t.start, t.end) == (15, 21)
+
+
+def test_kit_target_running_past_the_sentence_is_its_longest_head():
+    row = KitRow(1, "plts", "abdomen was soft.  It was nontender", "His   abdomen was soft.", "", "", "")
+    assert row.target.how == PARTIAL and row.located() == ("His   abdomen was soft.", 6, 23)
+    row = KitRow(1, "plts", "tolerating p.o. intake", "intake and voiding.", "", "", "")
+    assert row.target.how == WHOLE and row.located() is None

@@ -409,3 +409,60 @@ def test_in_combination_a_baseline_trigger_wins_over_the_llm(make_app):
     decided = {m["label"]: (m["status"], m["decidedBy"]) for m in mentions}
     assert decided == {"Aleve": (NEGATED, "baseline"), "Motrin": (PRESENT, "llm")}
     rt.reasoner.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # an allergy cue reaches only its own clause, an inline header governs what follows it
+        (
+            "Allergic to penicillin; takes aspirin daily.",
+            {("allergy", "class:penicillins"), ("medication", "ingredient:aspirin")},
+        ),
+        (
+            "Allergies: penicillin. Meds: aspirin 81 mg daily.",
+            {("allergy", "class:penicillins"), ("medication", "ingredient:aspirin")},
+        ),
+        # the same finding with two statuses in one sentence is two mentions
+        ("No melena but had a GI bleed in 2019.", {("condition", "peptic-ulcer-gi-bleed")}),
+    ],
+)
+def test_clauses_and_inline_headers(reader, text, expected):
+    assert {(m.kind, m.concept) for m in reader.read(doc(text))} == expected
+
+
+def test_a_negated_and_a_historical_mention_of_one_finding_are_both_kept(reader, content):
+    mentions = reader.read(doc("No melena but had a GI bleed in 2019."))
+    assert sorted(m.status for m in mentions) == [HISTORICAL, NEGATED]
+    facts = facts_for(content, reader, {}, [doc("No melena but had a GI bleed in 2019.")])
+    (bleed,) = facts.conditions  # the history is not lost behind the denial
+    assert bleed.evidence.status == HISTORICAL
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "status"),
+    [
+        ("Hold citalopram given QT prolongation.", "QT prolongation", PRESENT),  # "given" ends "hold"
+        ("Aspirin discontinued given GI bleed.", "GI bleed", PRESENT),
+        ("Pt does not deny alcohol abuse.", "alcohol abuse", PRESENT),  # a double negation
+        ("Labs in AM. Father has CKD.", "CKD", SOMEONE_ELSE),  # "AM." ends a sentence
+        ("Hematochezia for two days.", "Hematochezia", PRESENT),
+        ("Takes Excedrin for headaches.", "Excedrin", PRESENT),
+    ],
+)
+def test_scope_and_names_found_on_held_out_notes(reader, text, label, status):
+    m = only(reader.read(doc(text)), label=label)
+    assert m.status == status
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("Plan: start lisinopril 10 mg daily.", "hypothetical"),  # an intention, not yet taken
+        ("She asks whether lisinopril is safe.", "hypothetical"),
+        ("Started lisinopril last month.", "present"),
+        ("Since the start of lisinopril, dry cough.", "present"),
+    ],
+)
+def test_plans_to_start_are_hypothetical_and_a_start_that_happened_is_not(reader, text, status):
+    assert only(reader.read(doc(text)), kind=MEDICATION).status == status

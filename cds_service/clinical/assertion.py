@@ -167,7 +167,9 @@ _ENTRIES: tuple[_Entry, ...] = (
             withheld | withholding | came off | taken off | refuses | refused | declined | declines"""
         ),
         # "Stopped warfarin for GI bleeding": the reason is not negated.
-        stops=_terms("for | because | after | since | when"),
+        stops=_terms(
+            "for | because | because of | after | since | when | given | secondary to | 2/2 | due to"
+        ),
     ),
     _Entry(NEGATION, PRE, 2, ("off", "off of")),  # "off aspirin"; short, "off" is a common word
     # Allergy lines negate the allergy and what directly qualifies it ("NKDA to penicillin"), not the
@@ -298,7 +300,8 @@ _ENTRIES: tuple[_Entry, ...] = (
             will start | will begin | to start | to begin | advised to avoid | advised not to |
             instructed to avoid | instructed not to | counseled to avoid | told to avoid | avoid |
             avoiding | should avoid | do not take | do not use | may take | may use | may resume |
-            may continue | can take | screening for | screen for"""
+            may continue | can take | screening for | screen for | start | begin | initiate | trial of |
+            before starting | prior to starting | whether | is it safe | safe to take"""
         ),
     ),
     _Entry(
@@ -348,7 +351,7 @@ _PSEUDO: dict[str, tuple[str, ...]] = {
         cannot be ruled out | can not be ruled out | not been ruled out | not ruled out | not excluded |
         not been excluded | cannot be excluded | can not be excluded | cannot exclude | on and off |
         off and on | time off | off work | off duty | fell off | cut off | drop off | dropped off |
-        hold off"""
+        hold off | does not deny | did not deny | not deny | cannot deny | can not deny"""
     ),
     UNCERTAINTY: _terms("may be due to | likely due to | likely secondary to | most likely due to"),
     HISTORY: _terms(
@@ -370,7 +373,10 @@ _PSEUDO: dict[str, tuple[str, ...]] = {
     + (
         r"(?<!\w)(?:\d+|one|two|three|four|five|six|seven|several|few)[\s-]+(?:day|week|hour)s?[\s-]+history",
     ),
-    HYPOTHESIS: _terms("should be noted | would like | risk factors"),
+    HYPOTHESIS: _terms(
+        """should be noted | would like | risk factors | start of | started | starting | begin of |
+        since the start"""
+    ),
     EXPERIENCER: (
         r"(?:lives|living|lived|resides|stays)\s+with\s+(?:(?:his|her|their|the|a)\s+)?" + _RELATIVE,
         r"(?:accompanied|brought(?:\s+in)?|driven|visited|seen)\s+by\s+(?:(?:his|her|their|the|a)\s+)?"
@@ -640,7 +646,7 @@ def assess(sentence: str, start: int, end: int) -> Context:
 # without the final period.
 _ABBREVIATIONS = frozenset(
     """dr mr mrs ms prof st sr jr vs etc e.g i.e eg ie cf approx appt apt dept est no nos fig inc
-    a.m p.m am pm b.i.d t.i.d q.i.d q.d q.o.d q.h.s h.s p.o p.r p.r.n prn q.a.m q.p.m a.c p.c
+    a.m p.m b.i.d t.i.d q.i.d q.d q.o.d q.h.s h.s p.o p.r p.r.n prn q.a.m q.p.m a.c p.c
     bid tid qid qd qod qhs po pr sq sc im iv subq
     mg mcg ug g kg lb lbs oz ml l cc mm cm in ft hr hrs min mins sec wk wks mo mos yr yrs
     tab tabs cap caps susp sol inj amp""".split()

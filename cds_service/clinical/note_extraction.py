@@ -48,6 +48,10 @@ _HEADER = re.compile(r"^[ \t]*([A-Za-z][A-Za-z /&()-]{1,40}?)[ \t]*(:|-{1,2}|\n)
 _ALLERGY_SECTION = re.compile(r"\ballerg|\badverse reactions?\b|\bintolerances?\b", re.IGNORECASE)
 _FAMILY_SECTION = re.compile(r"\bfamily (history|hx)\b|^fh$|^fhx$", re.IGNORECASE)
 
+# Within a sentence: clause breaks, and headers written inline ("Allergies: penicillin. Meds: aspirin").
+_CLAUSE_BREAK = re.compile(r";|\bbut\b|\bhowever\b", re.IGNORECASE)
+_INLINE_HEADER = re.compile(r"(?:^|(?<=[\s.,;]))([A-Z][A-Za-z /&-]{1,30}):(?=\s|$)")
+
 MAX_MENTIONS_PER_DOCUMENT = 200  # a pasted formulary must not flood the facts
 
 
@@ -141,26 +145,35 @@ class NoteReader:
             matches = list(self._pattern.finditer(sentence))
             if not matches:
                 continue
-            section = _section_at(sections, s_start)
-            allergy_context = bool(_ALLERGY_CUE.search(sentence) or _ALLERGY_SECTION.search(section))
-            family_section = bool(_FAMILY_SECTION.search(section))
+            line_section = _section_at(sections, s_start)
+            inline = [(h.start(), h.group(1)) for h in _INLINE_HEADER.finditer(sentence)]
+            clauses = [c.start() for c in _CLAUSE_BREAK.finditer(sentence)] + [h for h, _ in inline]
             reactions = list(_REACTION.finditer(sentence))
-            seen: set[tuple[str, str]] = set()
+            seen: set[tuple[str, str, str]] = set()
             for i, match in enumerate(matches):
                 term = self.terms.get(match.group(1).lower())
                 if term is None:
                     continue
+                # The governing header: one written earlier in this sentence ("... Meds: aspirin"), else
+                # the section's; an allergy cue counts only in the drug's own clause.
+                section = next((name for at, name in reversed(inline) if at < match.start(1)), line_section)
+                start = max([0] + [c for c in clauses if c <= match.start(1)])
+                end = min([len(sentence)] + [c for c in clauses if c > match.start(1)])
+                allergy_context = bool(
+                    _ALLERGY_CUE.search(sentence, start, end) or _ALLERGY_SECTION.search(section)
+                )
+                family_section = bool(_FAMILY_SECTION.search(section))
                 if term.kind == "finding":
                     kind = CONDITION
                 elif allergy_context:
                     kind = ALLERGY
                 else:
                     kind = MEDICATION
-                if (kind, term.concept) in seen:
-                    continue
-                seen.add((kind, term.concept))
                 context = assess(sentence, match.start(1), match.end(1))
                 status = SOMEONE_ELSE if family_section else context.status
+                if (kind, term.concept, status) in seen:  # "no melena; GI bleed in 2019": both kept
+                    continue
+                seen.add((kind, term.concept, status))
                 codes = (
                     term.codes
                     if term.kind != "ingredient"

@@ -1,11 +1,15 @@
-"""The NegEx/ConText assertion kit as evaluation data: rows, a stratified sample, per-label scores.
+"""The NegEx/ConText assertion kit as evaluation data: rows, their targets, a stratified sample, scores.
 
 The kit (Chapman et al., Apache-2.0; vendored under benchmarks/negex/, see its README) gives each
 sentence one target phrase, written in upper case inside the sentence, and three reference labels:
 negation (Affirmed/Negated), temporality (Recent/Historical/Not particular) and experiencer
-(Patient/Family member/Other). A mention's status is one answer (clinical/mentions.py), so each label
-is scored as a yes/no question on that answer: negation = "negated", historical = "historical",
-hypothetical ("Not particular") = "hypothetical", experiencer (not the patient) = "someone-else".
+(Patient/Family member/Other). Each label is scored as a yes/no question, two ways:
+
+* per status (`score`): a mention's status is one answer (clinical/mentions.py), so negation =
+  "negated", historical = "historical", hypothetical ("Not particular") = "hypothetical", experiencer (not
+  the patient) = "someone-else". This is how the components (rules, LLM, both) are compared.
+* per ConText dimension (`score_dimensions`): each dimension on its own, as clinical/assertion.py's Context
+  carries them (a row may be negated AND historical): the rule baseline's own figure.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ...clinical.mentions import HISTORICAL, HYPOTHETICAL, NEGATED, PRESENT, SOMEONE_ELSE
@@ -26,16 +31,71 @@ LABEL_STATUS = {
     "experiencer": SOMEONE_ELSE,
 }
 
+# How a target was found in its sentence (offsets are only approximate for the last two).
+EXACT = "exact"  # the upper-case phrase, case-sensitively
+IGNORE_CASE = "ignore-case"  # the phrase, case-insensitively (annotator typed it in another case)
+PARTIAL = "partial"  # the phrase runs past the sentence (kit note "plts"): its longest leading part
+WHOLE = "whole"  # not found at all: the whole sentence
+
+
+@dataclass(frozen=True)
+class Target:
+    start: int
+    end: int
+    how: str  # EXACT | IGNORE_CASE | PARTIAL | WHOLE
+
+
+def _phrase_regex(phrase: str, flags=0) -> re.Pattern:
+    return re.compile(r"\s+".join(re.escape(w) for w in phrase.split()), flags)
+
+
+def find_target(phrase: str, sentence: str) -> Target:
+    """Where the target phrase is in its kit sentence.
+
+    The target is the upper-case phrase, matched case-sensitively (whitespace runs may differ): a
+    case-insensitive search would take "mi" in "admitted" for MI. When it occurs more than once, the first
+    whole-word occurrence that is not a section header ("UTI:  The patient was noted to have a UTI") is
+    taken: a header names the section, the finding is in the text.
+    """
+    candidates = list(_phrase_regex(phrase.upper()).finditer(sentence))
+    how = EXACT
+    if not candidates:
+        candidates = list(_phrase_regex(phrase, re.IGNORECASE).finditer(sentence))
+        how = IGNORE_CASE
+    if candidates:
+
+        def rank(m: re.Match) -> tuple[int, int]:
+            s, e = m.span()
+            whole_word = (s == 0 or not sentence[s - 1].isalnum()) and (
+                e == len(sentence) or not (sentence[e].isalnum() or sentence[e] == "'")
+            )
+            header = sentence[e : e + 1] == ":"
+            return (0 if whole_word and not header else 1, s)
+
+        best = min(candidates, key=rank)
+        return Target(best.start(), best.end(), how)
+    words = phrase.split()
+    for n in range(len(words) - 1, 0, -1):  # the phrase runs past the sentence: its longest head
+        m = _phrase_regex(" ".join(words[:n]), re.IGNORECASE).search(sentence)
+        if m:
+            return Target(m.start(), m.end(), PARTIAL)
+    return Target(0, len(sentence), WHOLE)
+
 
 @dataclass(frozen=True)
 class KitRow:
     number: int
-    note: str  # the annotators' remark ("missing section header" ...), mostly empty
+    note: str  # the annotators' remark ("plts: phrase is longer than sentence" ...), mostly empty
     phrase: str
     raw_sentence: str  # as in the kit: the target in upper case
-    negation: str
-    temporality: str
-    experiencer: str
+    negation: str  # Affirmed | Negated
+    temporality: str  # Recent | Historical | Not particular
+    experiencer: str  # Patient | Family member | Other
+
+    @property
+    def flagged(self) -> bool:
+        """The kit marks the row as imperfect (36 rows)."""
+        return bool(self.note)
 
     def gold(self, label: str) -> bool:
         return {
@@ -58,18 +118,20 @@ class KitRow:
             return HISTORICAL
         return PRESENT
 
+    @cached_property
+    def target(self) -> Target:
+        return find_target(self.phrase, self.raw_sentence)
+
     def located(self) -> tuple[str, int, int] | None:
         """(sentence, start, end) with the target back in ordinary case, as a note would have it; None when
-        the phrase is not in the sentence (the kit flags such rows: phrase longer than the sentence)."""
-        words = self.phrase.split()
-        match = words and re.search(r"\s+".join(map(re.escape, words)), self.raw_sentence, re.IGNORECASE)
-        if not match:
+        no part of the phrase is in the sentence (a few rows the kit flags: phrase longer than sentence)."""
+        t = self.target
+        if t.how == WHOLE:
             return None
-        start, end = match.span()
-        target = self.raw_sentence[start:end].lower()
-        if start == 0:
+        target = self.raw_sentence[t.start : t.end].lower()
+        if t.start == 0:
             target = target[:1].upper() + target[1:]
-        return self.raw_sentence[:start] + target + self.raw_sentence[end:], start, end
+        return self.raw_sentence[: t.start] + target + self.raw_sentence[t.end :], t.start, t.end
 
 
 def find_kit(explicit: Path | None = None) -> Path | None:
@@ -170,3 +232,32 @@ def score(rows: list[KitRow], statuses: list[str | None]) -> dict:
         "macroF1": round(sum(present) / len(present), 4) if present else 0.0,
         "accuracy": round(sum(1 for r, s in pairs if r.status == s) / len(pairs), 4) if pairs else 0.0,
     }
+
+
+def context_labels(context) -> frozenset[str]:
+    """The labels an assertion Context (clinical/assertion.py) carries, each dimension on its own."""
+    out = set()
+    if context.negated:
+        out.add("negation")
+    if context.hypothetical:
+        out.add("hypothetical")
+    elif context.historical:
+        out.add("historical")  # temporality is one kit column: hypothetical wins, as in the status precedence
+    if context.someone_else:
+        out.add("experiencer")
+    return frozenset(out)
+
+
+def score_dimensions(rows: list[KitRow], predicted: list[frozenset[str]]) -> dict[str, dict]:
+    """Per-label precision/recall/F1 when each prediction is a set of labels (context_labels), so a row
+    may be right on negation and wrong on temporality at once."""
+    if len(rows) != len(predicted):
+        raise ValueError(f"{len(rows)} rows but {len(predicted)} predictions")
+    pairs = list(zip(rows, predicted, strict=True))
+    out = {}
+    for label in LABELS:
+        tp = sum(1 for r, p in pairs if r.gold(label) and label in p)
+        fp = sum(1 for r, p in pairs if not r.gold(label) and label in p)
+        fn = sum(1 for r, p in pairs if r.gold(label) and label not in p)
+        out[label] = _prf(tp, fp, fn)
+    return out
