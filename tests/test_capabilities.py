@@ -20,6 +20,7 @@ import pytest
 from cds_service.clinical.mentions import NEGATED, STATUSES
 from cds_service.reasoning.backends import Generation, LlmError, RemoteBackend, exact_option, options_regex
 from cds_service.reasoning.capabilities import (
+    REMOTE_FILE,
     Capabilities,
     decide_assertion,
     decide_free_text,
@@ -32,6 +33,8 @@ from cds_service.reasoning.preparation.evaluate import evaluate_assertion
 from cds_service.reasoning.preparation.grounding_eval import is_specific
 from cds_service.reasoning.preparation.negex import KitRow, find_kit, read_kit, score, stratified_sample
 from cds_service.reasoning.tasks import ASSERTION_LABELS, ASSERTION_OPTIONS, assertion_messages
+from cds_service.runtime import Runtime
+from cds_service.settings import Settings
 
 ORDER_SIGN = "/cds-services/medication-order-check"
 
@@ -402,3 +405,54 @@ def test_pytorch_counterpart_allows_what_the_grammar_allows():
     assert allowed_next("a", options, by_text, eos=0) == [5]
     assert allowed_next("absent", options, by_text, eos=0) == [0]  # complete: only the end
     assert allowed_next("zz", options, by_text, eos=0) == [0]
+
+
+def test_a_remote_server_that_reads_notes_well_is_measured_gated_in_and_used(tmp_path, monkeypatch):
+    """The path for a capable model behind CDS_LLM: `model evaluate --url` measures it on the kit, writes
+    its gates into the data dir, and a service started against that server lets it decide assertions.
+    The fake server answers from the kit's own labels (a model better than the baseline by construction)."""
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
+    gold = {" ".join(row.raw_sentence.split()).lower(): row.status for row in read_kit(find_kit())}
+    label_of = {status: label for label, status in ASSERTION_LABELS.items()}
+
+    class Oracle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            question = request["messages"][-1]["content"]
+            sentence = question.split('Sentence: "', 1)[1].split('"\nPhrase:', 1)[0].lower()
+            status = gold.get(sentence, "present")
+            body = json.dumps(
+                {"choices": [{"message": {"content": json.dumps({"answer": label_of[status]})}}]}
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Oracle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path))
+    try:
+        result = CliRunner().invoke(
+            main, ["model", "evaluate", "--url", url, "--sample", "200", "--texts", "0"]
+        )
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / REMOTE_FILE).is_file()
+        settings = Settings.load({"data_dir": str(tmp_path), "llm": url})
+        rt = Runtime.load(settings)
+        try:
+            caps = rt.reasoner.capabilities
+            assert caps.assertion_component in ("llm", "combination"), caps.assertion_reason
+            assert not caps.free_text_enabled  # not measured: stays off
+        finally:
+            rt.close()
+    finally:
+        server.shutdown()
