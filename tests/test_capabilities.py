@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import builders
 import pytest
+from fake_llm_server import serve_chat, url_of
 
 from cds_service.clinical.mentions import NEGATED, STATUSES
 from cds_service.reasoning.backends import Generation, LlmError, RemoteBackend, exact_option, options_regex
@@ -66,27 +66,7 @@ def test_exact_option_accepts_case_and_space_only():
 
 
 def _fake_server(replies: list[str], seen: list[dict]):
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            body = json.dumps(
-                {
-                    "choices": [{"message": {"content": replies[len(seen) - 1]}}],
-                    "usage": {"prompt_tokens": 40, "completion_tokens": 6},
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_chat(lambda request: replies[len(seen) - 1], seen)
 
 
 def test_remote_choose_sends_an_enum_schema_and_accepts_only_allowed_answers():
@@ -101,7 +81,7 @@ def test_remote_choose_sends_an_enum_schema_and_accepts_only_allowed_answers():
     seen: list[dict] = []
     server = _fake_server(replies, seen)
     try:
-        backend = RemoteBackend(f"http://127.0.0.1:{server.server_address[1]}", model="smollm2")
+        backend = RemoteBackend(url_of(server), model="smollm2")
         messages = assertion_messages("No fever.", "fever")
         answers = [backend.choose(messages, ASSERTION_OPTIONS).text for _ in range(3)]
         failures = []
@@ -418,27 +398,13 @@ def test_a_remote_server_that_reads_notes_well_is_measured_gated_in_and_used(tmp
     gold = {" ".join(row.raw_sentence.split()).lower(): row.status for row in read_kit(find_kit())}
     label_of = {status: label for label, status in ASSERTION_LABELS.items()}
 
-    class Oracle(BaseHTTPRequestHandler):
-        def do_POST(self):
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            question = request["messages"][-1]["content"]
-            sentence = question.split('Sentence: "', 1)[1].split('"\nPhrase:', 1)[0].lower()
-            status = gold.get(sentence, "present")
-            body = json.dumps(
-                {"choices": [{"message": {"content": json.dumps({"answer": label_of[status]})}}]}
-            )
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
+    def oracle(request: dict) -> str:
+        question = request["messages"][-1]["content"]
+        sentence = question.split('Sentence: "', 1)[1].split('"\nPhrase:', 1)[0].lower()
+        return json.dumps({"answer": label_of[gold.get(sentence, "present")]})
 
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Oracle)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    server = serve_chat(oracle)
+    url = url_of(server)
     monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path))
     try:
         result = CliRunner().invoke(

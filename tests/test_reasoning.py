@@ -6,13 +6,12 @@ Uses a tiny random-weight model built and exported in this session; real-model c
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import builders
 import pytest
+from fake_llm_server import serve_chat, url_of
 from tiny_model import build_tiny_hf_model
 
 from cds_service.reasoning.backends import GenAiBackend, Generation, RemoteBackend
@@ -194,29 +193,9 @@ def test_prepare_evaluates_a_model_without_capabilities_unless_told_not_to(tiny_
 
 def test_remote_openai_compatible_backend():
     seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            body = json.dumps(
-                {
-                    "choices": [{"message": {"content": "Bleeding risk is high."}}],
-                    "usage": {"prompt_tokens": 12, "completion_tokens": 5},
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_chat(lambda request: "Bleeding risk is high.", seen)
     try:
-        backend = RemoteBackend(f"http://127.0.0.1:{server.server_address[1]}", model="smollm2")
+        backend = RemoteBackend(url_of(server), model="smollm2")
         out = backend.generate([{"role": "user", "content": "x"}], max_new_tokens=16)
     finally:
         server.shutdown()
