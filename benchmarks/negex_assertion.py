@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from cds_service.reasoning.preparation.evaluate import (  # noqa: E402
     DEFAULT_SAMPLE,
     combine,
-    locate,
+    kit_sample,
     run_baseline,
     run_chooser,
 )
@@ -38,10 +38,8 @@ from cds_service.reasoning.preparation.negex import (  # noqa: E402
     LABELS,
     context_labels,
     find_kit,
-    read_kit,
     score,
     score_dimensions,
-    stratified_sample,
 )
 
 
@@ -73,7 +71,7 @@ def print_table(result: dict) -> None:
     sample = result["sample"]
     print(
         f"NegEx/ConText kit: {sample['sentences']} sentences ({sample['method']}), gold statuses "
-        f"{sample['strata']}; {sample['skipped']} rows skipped (phrase not in its sentence)"
+        f"{sample['strata']}; {sample['skippedPhraseNotInSentence']} rows skipped (phrase not in sentence)"
     )
     print(f"{'':<30}" + "".join(f"{label[:18]:<19}" for label in LABELS) + f"{'macro':>7}{'exact':>6}")
     header = (
@@ -124,22 +122,13 @@ def _per_dimension(items, baseline) -> dict:
 def run(backends: list[str], kit: Path, sample: int | None, seed: int = 0) -> dict:
     from cds_service.clinical.assertion import assess
 
-    rows = read_kit(kit)
-    chosen = rows if sample is None else stratified_sample(rows, sample, seed)
-    items, skipped = locate(chosen)
+    _, items, described = kit_sample(kit, sample, seed)
     gold = [it.row for it in items]
     baseline = run_baseline(items, assess)
-    from collections import Counter
-
     result = {
         "kit": str(kit),
         "baselinePerDimension": _per_dimension(items, baseline),
-        "sample": {
-            "sentences": len(items),
-            "method": "whole kit" if sample is None else f"stratified by status, seed {seed}",
-            "strata": dict(Counter(r.status for r in gold)),
-            "skipped": skipped,
-        },
+        "sample": described,
         "baseline": score(gold, baseline.statuses),
         "baselineSecondsPerSentence": baseline.seconds / max(1, len(items)),
         "baselineTriggered": sum(baseline.triggered),

@@ -116,7 +116,11 @@ def rules_test(rule_ids: tuple[str, ...], verbose: bool) -> None:
 
     content = _content_or_exit(_settings(), 1)
     results = run_rule_cases(
-        content.rulebook, content.facts_builder, content.terminology, list(rule_ids) or None
+        content.rulebook,
+        content.facts_builder,
+        content.terminology,
+        list(rule_ids) or None,
+        content.note_reader,
     )
     failed = [r for r in results if not r.passed]
     for r in results:

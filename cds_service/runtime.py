@@ -20,6 +20,7 @@ from .audit.feedback import FeedbackStore
 from .audit.storage import open_engine
 from .clinical.facts import FactsBuilder
 from .clinical.mme import MmeCalculator
+from .clinical.note_extraction import NoteReader
 from .clinical.rule_model import Rulebook, load_rulebook
 from .clinical.terminology import Terminology, load_terminology
 from .ehr.fhir_client import FetchLimits, FhirAccess, ServerAllowlist, new_session
@@ -44,15 +45,15 @@ class Content:
     rulebook: Rulebook
     services: list[ServiceDefinition]
     facts_builder: FactsBuilder
+    note_reader: NoteReader  # its matcher is compiled once from the terminology
 
     @classmethod
     def load(cls, settings: Settings) -> "Content":
         terminology = load_terminology(settings.fhir_dir / "terminology")
         rulebook = load_rulebook(settings.rules_dir, terminology)
         services = load_services(settings.hooks_dir, rulebook)
-        return cls(
-            terminology, rulebook, services, FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir))
-        )
+        facts_builder = FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir))
+        return cls(terminology, rulebook, services, facts_builder, NoteReader(terminology))
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Runtime:
                 rt.content.facts_builder,
                 rt.content.terminology,
                 rt.storage.decision_log,
+                rt.content.note_reader,
                 rt.reasoner,
             )
             rt.registry = ServiceRegistry(rt.content.services, pipeline)

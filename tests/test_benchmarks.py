@@ -43,7 +43,7 @@ def test_negex_assertion_benchmark_runs_on_the_prepared_model(capsys):
         pytest.skip("SmolLM2 not prepared (cds-service model prepare)")
     result = _load("negex_assertion").main(["--backends", "int8", "--sample", "40"])
     run = result["backends"]["int8"]
-    assert result["sample"]["sentences"] + result["sample"]["skipped"] == 40
+    assert result["sample"]["sentences"] + result["sample"]["skippedPhraseNotInSentence"] == 40
     assert sum(run["answers"].values()) + run["errors"] == result["sample"]["sentences"]
     out = capsys.readouterr().out
     assert "baseline (ConText rules)" in out and "int8 LLM" in out and "int8 combination" in out

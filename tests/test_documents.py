@@ -90,6 +90,15 @@ def test_charset_latin1_is_decoded_by_the_content_type():
     assert unread == []
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain; charset=utf-8", None])
+def test_a_utf16_byte_order_mark_outranks_the_label(content_type):
+    attachment = {"data": base64.b64encode("Takes Aleve daily.".encode("utf-16")).decode()}
+    if content_type:
+        attachment["contentType"] = content_type
+    texts, unread, _ = document_texts(note("n1", attachment))
+    assert texts[0].text == "Takes Aleve daily." and unread == []
+
+
 def test_no_charset_means_utf8_and_a_bad_byte_is_replaced_not_fatal():
     data = base64.b64encode("naïve ".encode() + b"\xff ok").decode()
     texts, unread, _ = document_texts(note("n1", {"contentType": "text/plain", "data": data}))

@@ -349,6 +349,10 @@ def test_every_service_fetching_from_medplum_agrees_with_full_prefetch(medplum, 
             if d["key"] != "context.draftOrders"
         }
         assert all(o == "fetched" for o, _ in origins.values()), (service.id, origins)
+        if any(t.resource_type == "DocumentReference" for t in service.templates) and any(
+            r["resourceType"] == "DocumentReference" for r in stored
+        ):  # the notes came through the real server's search and were read
+            assert record["notes"]["documentsRead"] >= 1, (service.id, record["notes"])
         if fetched_outcome != sent_outcome:
             disagreements.append((service.id, fetched_outcome, sent_outcome))
         fired += sum(1 for r in fetched_outcome[2] if r[1] == "fired")

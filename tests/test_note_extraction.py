@@ -19,7 +19,6 @@ from cds_service.clinical.mentions import (
     PRESENT,
     SOMEONE_ELSE,
 )
-from cds_service.clinical.note_extraction import NoteReader
 from cds_service.clinical.rule_cases import PATIENT_ID, CaseBuilder
 from cds_service.ehr.documents import DocumentText
 from cds_service.protocol.cards import cards_for, validate_card
@@ -29,7 +28,7 @@ TODAY = date(2026, 11, 30)
 
 @pytest.fixture(scope="module")
 def reader(content):
-    return NoteReader(content.terminology)
+    return content.note_reader
 
 
 def doc(text: str, days_ago: int = 1, ref: str = "DocumentReference/n1") -> DocumentText:
@@ -466,3 +465,33 @@ def test_scope_and_names_found_on_held_out_notes(reader, text, label, status):
 )
 def test_plans_to_start_are_hypothetical_and_a_start_that_happened_is_not(reader, text, status):
     assert only(reader.read(doc(text)), kind=MEDICATION).status == status
+
+
+def test_an_undated_note_still_fires_its_card(client):
+    """Cards carry no nulls: an undated note once made the card fail its checks and vanish."""
+    note = {
+        "resourceType": "DocumentReference",
+        "id": "undated",
+        "status": "current",
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "VGFrZXMgQWxldmUgZGFpbHku"}}],
+    }  # "Takes Aleve daily."
+    body = order_sign({"draftOrders": ["Warfarin Sodium 5 MG Oral Tablet"], "resources": [note]})
+    cards = client.post("/cds-services/medication-order-check", json=body).get_json()["cards"]
+    (card,) = cards
+    assert "Aleve" in card["summary"] and "undated" in card["detail"]
+    assert "documentDate" not in card["extension"]["org.cds-service.note-evidence"][0]
+
+
+def test_a_card_that_fails_its_checks_is_said_on_the_data_quality_card(content, reader):
+    from cds_service.protocol.cards import RejectedCard, data_quality_card
+
+    facts = facts_for(
+        content, reader, {"draftOrders": ["Warfarin Sodium 5 MG Oral Tablet"]}, [doc("Takes Aleve.")]
+    )
+    result = evaluate_rule(content.rulebook.by_id("ddi-warfarin-nsaid"), facts, content.terminology)
+    rejected = [RejectedCard(result.findings[0], "null or empty values at: summary")]
+    card = data_quality_card([result], None, [], rejected)
+    assert card["extension"]["org.cds-service.data-quality"]["checks"] == ["ddi-warfarin-nsaid@1.1.0"]
+    assert "its card failed the card checks" in card["detail"]
+    assert data_quality_card([result], None, [], []) is None  # fired and shown: nothing to say

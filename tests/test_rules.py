@@ -30,7 +30,15 @@ def _cases():
 @pytest.mark.parametrize("rule_id, expected, case", _cases())
 def test_rule_case(content, rule_id, expected, case):
     rule = content.rulebook.by_id(rule_id)
-    result = run_case(rule, case, expected, content.facts_builder, content.terminology, ResourceValidator())
+    result = run_case(
+        rule,
+        case,
+        expected,
+        content.facts_builder,
+        content.terminology,
+        ResourceValidator(),
+        content.note_reader,
+    )
     assert result.passed, result.detail
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .facts import NOTE, Facts, Observation, within_days
 from .mentions import PRESENT
-from .terminology import LOINC, Terminology
+from .terminology import LOINC
 
 HIGH_ALERT = "high-alert-medications"
 LAB_DAYS = 90
@@ -44,7 +44,7 @@ def abnormal_labs(facts: Facts, days: int = LAB_DAYS) -> list[Observation]:
     return out
 
 
-def summary_lines(facts: Facts, terminology: Terminology) -> dict[str, list[str]]:
+def summary_lines(facts: Facts) -> dict[str, list[str]]:
     problems = sorted(
         {
             f"{c.name}" + (" (from a note)" if c.provenance == NOTE else "")
@@ -93,9 +93,9 @@ def summary_lines(facts: Facts, terminology: Terminology) -> dict[str, list[str]
     }
 
 
-def summary_markdown(facts: Facts, terminology: Terminology, why: str) -> str:
+def summary_markdown(sections: dict[str, list[str]], why: str) -> str:
     parts = []
-    for title, lines in summary_lines(facts, terminology).items():
+    for title, lines in sections.items():
         shown = lines[:MAX_LINES] + ([f"and {len(lines) - MAX_LINES} more"] if len(lines) > MAX_LINES else [])
         parts.append(
             f"**{title}**: " + ("none recorded" if not lines else "\n" + "\n".join(f"- {x}" for x in shown))

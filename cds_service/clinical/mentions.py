@@ -73,10 +73,11 @@ class Mention:
             "status": self.status,
             "decidedBy": self.decided_by,
             "document": self.document,
-            "documentDate": self.document_date.isoformat() if self.document_date else None,
             "offsets": [self.start, self.end],
             "sentence": self.sentence,
         }
+        if self.document_date:  # an undated note has no date element (cards carry no nulls)
+            out["documentDate"] = self.document_date.isoformat()
         if self.model_id:
             out["modelId"] = self.model_id
         if self.triggers:

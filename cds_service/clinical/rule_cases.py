@@ -366,7 +366,7 @@ def run_case(
     builder: FactsBuilder,
     terminology: Terminology,
     validator: ResourceValidator,
-    reader: NoteReader | None = None,
+    reader: NoteReader,
 ) -> CaseResult:
     today = _today(case)
     resources, drafts = CaseBuilder(today).build(case)
@@ -379,7 +379,6 @@ def run_case(
         return CaseResult(
             rule, case["name"], expected, False, f"case data is not valid FHIR: {exc.diagnostics}"
         )
-    reader = reader or NoteReader(terminology)
     notes = read_documents(resources, None)  # as a hook call reads them: notes and reports, inline text
     mentions = [m for text in notes.texts for m in reader.read(text)]
     facts = builder.build(
@@ -416,10 +415,14 @@ def run_case(
 
 
 def run_rule_cases(
-    rulebook: Rulebook, builder: FactsBuilder, terminology: Terminology, rule_ids: list[str] | None = None
+    rulebook: Rulebook,
+    builder: FactsBuilder,
+    terminology: Terminology,
+    rule_ids: list[str] | None = None,
+    reader: NoteReader | None = None,
 ) -> list[CaseResult]:
     validator = ResourceValidator()
-    reader = NoteReader(terminology)
+    reader = reader or NoteReader(terminology)
     results = []
     for rule in rulebook.rules:
         if (rule_ids and rule.id not in rule_ids) or rule.status == "retired":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -290,7 +291,8 @@ def decode_text(raw: bytes, content_type: str | None, max_chars: int) -> tuple[s
     note = ""
     if not media:  # no type: text only if it is UTF-8 and looks like text
         try:
-            text = raw.decode("utf-8-sig")
+            utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+            text = raw.decode("utf-16" if utf16 else "utf-8-sig")
         except UnicodeDecodeError:
             return "no contentType, and not UTF-8 text"
         if not _looks_like_text(text):
@@ -300,6 +302,8 @@ def decode_text(raw: bytes, content_type: str | None, max_chars: int) -> tuple[s
     elif media == "text/plain" or media in HTML_TYPES:
         utf8 = (charset or "utf-8").lower().replace("_", "-") in ("utf-8", "utf8")
         encoding = "utf-8-sig" if utf8 else charset  # -sig: a byte-order mark is no part of the text
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            encoding = "utf-16"  # a byte-order mark outranks the label (WHATWG Encoding, "BOM sniff")
         try:
             text = raw.decode(encoding, errors="replace")
         except (LookupError, ValueError):  # unknown charset, not a text codec, or one refusing "replace"

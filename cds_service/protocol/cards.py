@@ -184,18 +184,29 @@ MAX_LISTED = 10  # lines per list on the data-quality card; the decision record 
 
 
 def data_quality_card(
-    results: list[RuleResult], prefetch: PrefetchResult | None, issues: list[DataIssue]
+    results: list[RuleResult],
+    prefetch: PrefetchResult | None,
+    issues: list[DataIssue],
+    rejected: list[RejectedCard] = (),
 ) -> dict | None:
     """An info card when active checks could not run on all of the data (skipped for data that could
-    not be had, unevaluable for data set aside as unreadable); None when every check ran on all of it."""
-    affected = [r for r in results if r.rule.status == "active" and r.outcome in ("skipped", "unevaluable")]
+    not be had, unevaluable for data set aside as unreadable) or found something whose card could not be
+    shown (it failed the card checks: a defect, logged); None when every check ran and showed its cards."""
+    affected = [
+        (r.rule, r.reason)
+        for r in results
+        if r.rule.status == "active" and r.outcome in ("skipped", "unevaluable")
+    ]
+    for x in rejected:
+        if all(rule is not x.finding.rule for rule, _ in affected):
+            affected.append((x.finding.rule, "it found something, but its card failed the card checks"))
     if not affected:
         return None
     lines = [
         "**Checks that could not run on all of this patient's data** (no card from them does not mean "
         "nothing was found):"
     ]
-    lines += [f"- {r.rule.title} (`{r.rule.id}`): {r.reason}" for r in affected[:MAX_LISTED]]
+    lines += [f"- {rule.title} (`{rule.id}`): {reason}" for rule, reason in affected[:MAX_LISTED]]
     if len(affected) > MAX_LISTED:
         lines.append(f"- and {len(affected) - MAX_LISTED} more")
     why = []
@@ -217,7 +228,7 @@ def data_quality_card(
     unavailable = sorted(
         k for k, item in (prefetch.items.items() if prefetch else []) if item.origin is Origin.UNAVAILABLE
     )
-    summary = {"checks": [f"{r.rule.id}@{r.rule.version}" for r in affected], "setAside": len(set_aside)}
+    summary = {"checks": [f"{rule.id}@{rule.version}" for rule, _ in affected], "setAside": len(set_aside)}
     if unavailable:
         summary["unavailable"] = unavailable
     return {
@@ -233,16 +244,17 @@ def data_quality_card(
     }
 
 
-def chart_summary_card(facts, terminology, why: str) -> dict | None:
+def chart_summary_card(facts, why: str) -> dict | None:
     """The deterministic patient-view summary (clinical/chart_summary.py): facts with dates and sources;
     None when every section is empty."""
-    if not any(summary_lines(facts, terminology).values()):
+    sections = summary_lines(facts)
+    if not any(sections.values()):
         return None
     return {
         "uuid": str(uuid.uuid4()),
         "summary": "Chart summary: problems, high-alert medicines, abnormal labs, allergies, notes",
         "indicator": "info",
-        "detail": summary_markdown(facts, terminology, why),
+        "detail": summary_markdown(sections, why),
         "source": {"label": "CDS service chart summary (composed from the record, no language model)"},
         "extension": {"org.cds-service.rule": {"id": CHART_SUMMARY_RULE, "version": CHART_SUMMARY_VERSION}},
     }

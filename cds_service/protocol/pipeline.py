@@ -390,7 +390,7 @@ def reason(call: HookCall, reasoner: Reasoner) -> None:
         call.cards = enriched
 
 
-def summarise_chart(call: HookCall, terminology: Terminology, reasoner: Reasoner | None) -> None:
+def summarise_chart(call: HookCall, reasoner: Reasoner | None) -> None:
     """Patient-view services that ask for a summary get the deterministic one unless the model has
     earned free text (its figures are in the decision record's `llm.freeText`)."""
     if call.service.llm_task != "summary":
@@ -401,7 +401,7 @@ def summarise_chart(call: HookCall, terminology: Terminology, reasoner: Reasoner
         return
     else:
         why = f"free text is off for {reasoner.model_id}: {reasoner.capabilities.free_text_reason}"
-    card = chart_summary_card(call.facts, terminology, why)
+    card = chart_summary_card(call.facts, why)
     if card is None:  # nothing on the chart to summarise: no card (an empty chart gets no noise)
         return
     call.cards.append(card)
@@ -410,7 +410,7 @@ def summarise_chart(call: HookCall, terminology: Terminology, reasoner: Reasoner
 
 def report_data_quality(call: HookCall) -> None:
     """Never "no cards" when a check could not run: an info card names the checks and why."""
-    card = data_quality_card(call.results, call.prefetch, call.data_issues)
+    card = data_quality_card(call.results, call.prefetch, call.data_issues, call.rejected)
     if card is not None:
         call.cards.append(card)
         call.data_quality_card = card["uuid"]
@@ -429,12 +429,8 @@ class HookPipeline:
     facts_builder: FactsBuilder
     terminology: Terminology
     decision_log: DecisionLog
+    note_reader: NoteReader
     reasoner: Reasoner | None = None
-    note_reader: NoteReader | None = None
-
-    def __post_init__(self):
-        if self.note_reader is None:
-            self.note_reader = NoteReader(self.terminology)
 
     def call(
         self,
@@ -467,7 +463,7 @@ class HookPipeline:
             if self.reasoner is not None and call.service.llm_task != "none":
                 reason(call, self.reasoner)
                 lap("llm")
-            summarise_chart(call, self.terminology, self.reasoner)
+            summarise_chart(call, self.reasoner)
             report_data_quality(call)
         except CdsError as exc:
             call.error, call.status = exc, exc.status

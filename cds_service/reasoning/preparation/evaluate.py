@@ -134,6 +134,21 @@ def kit_info(path: Path, rows: list[KitRow]) -> dict:
     }
 
 
+def kit_sample(kit: Path, sample: int | None, seed: int = 0) -> tuple[list[KitRow], list[Located], dict]:
+    """The kit's rows, the sentences measured (the whole kit, or a sample stratified by status, located),
+    and a description of them for the figures."""
+    rows = read_kit(kit)
+    chosen = rows if sample is None else stratified_sample(rows, sample, seed)
+    items, skipped = locate(chosen)
+    described = {
+        "sentences": len(items),
+        "method": "whole kit" if sample is None else f"stratified by status, seed {seed}",
+        "strata": dict(Counter(it.row.status for it in items)),
+        "skippedPhraseNotInSentence": skipped,
+    }
+    return rows, items, described
+
+
 def evaluate_assertion(
     chooser,
     kit: Path | None,
@@ -152,21 +167,14 @@ def evaluate_assertion(
             from ...clinical.assertion import assess
         except ImportError as exc:
             return {"measured": False, "reason": f"rule baseline unavailable ({exc})"}
-    rows = read_kit(kit)
-    chosen = rows if sample is None else stratified_sample(rows, sample, seed)
-    items, skipped = locate(chosen)
+    rows, items, described = kit_sample(kit, sample, seed)
     baseline = run_baseline(items, assess)
     llm = run_chooser(chooser, items, on_item)
     gold = [it.row for it in items]
     section = {
         "measured": True,
         "kit": kit_info(kit, rows),
-        "sample": {
-            "sentences": len(items),
-            "method": "whole kit" if sample is None else f"stratified by status, seed {seed}",
-            "strata": dict(Counter(r.status for r in gold)),
-            "skippedPhraseNotInSentence": skipped,
-        },
+        "sample": described,
         "baseline": {
             **score(gold, baseline.statuses),
             "secondsPerSentence": round(baseline.seconds / max(1, len(items)), 6),
