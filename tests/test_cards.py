@@ -87,3 +87,17 @@ def test_cards_from_the_service_are_valid(client):
         cards[0]["suggestions"][0]["actions"][0]["resourceId"]
         == f"MedicationRequest/{body['context']['draftOrders']['entry'][0]['resource']['id']}"
     )
+
+
+def test_source_label_keeps_the_whole_reference_title(client, content):
+    # CDS Hooks limits only the summary (< 140 characters); source.label carries the whole title.
+    import builders
+
+    body = builders.order_sign(
+        {"medications": ["Warfarin Sodium 5 MG Oral Tablet"], "draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
+    )
+    cards = client.post("/cds-services/medication-order-check", json=body).get_json()["cards"]
+    card = next(c for c in cards if c["extension"]["org.cds-service.rule"]["id"] == "ddi-warfarin-nsaid")
+    title = next(r for r in content.rulebook.rules if r.id == "ddi-warfarin-nsaid").references[0].title
+    assert len(title) > 139 and card["source"]["label"] == title
+    assert validate_card(card) is None

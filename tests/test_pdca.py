@@ -109,3 +109,102 @@ def test_rules_commands():
     assert lint.exit_code == 0 and lint.output.startswith("ok:")
     test = runner.invoke(main, ["rules", "test", "duplicate-ingredient"])
     assert test.exit_code == 0 and "0 failed" in test.output
+
+
+SERVICE = "medication-order-check"
+
+
+def _issue_card(client) -> dict:
+    body = builders.order_sign(
+        {
+            "medications": ["Acetaminophen 325 MG Oral Tablet"],
+            "draftOrders": ["Acetaminophen 500 MG Oral Tablet"],
+        }
+    )
+    return client.post(f"/cds-services/{SERVICE}", json=body).get_json()["cards"][0]
+
+
+def _send(client, *entries: dict) -> None:
+    response = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": list(entries)})
+    assert response.status_code == 200, response.get_json()
+
+
+def _accepted(card: dict, at: str) -> dict:
+    return {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": at,
+    }
+
+
+def _overridden(card: dict, at: str, reason: dict | None = None) -> dict:
+    return {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": at,
+        "overrideReason": {"reason": reason} if reason else {"userComment": "intended"},
+    }
+
+
+def _report(monkeypatch, app, *args: str) -> str:
+    monkeypatch.setenv("CDS_DATA_DIR", str(app.extensions["cds_runtime"].settings.data_dir))
+    result = CliRunner().invoke(main, ["pdca", "report", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _row(report: str, rule_id: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith(f"| {rule_id} |"))
+
+
+def test_code_only_override_reason_is_shown_with_the_display_the_card_offered(app, monkeypatch):
+    # The CDS Hooks Sandbox sends only the code of the reason picked from card.overrideReasons.
+    client = app.test_client()
+    card, other = _issue_card(client), _issue_card(client)
+    offered = card["overrideReasons"][1]
+    _send(client, _overridden(card, "2026-11-26T10:00:00Z", {"code": offered["code"]}))
+    _send(client, _overridden(other, "2026-11-26T10:00:00Z", {"code": "not-offered"}))
+    reasons = _row(_report(monkeypatch, app), "duplicate-ingredient").split(" | ")[-1]
+    assert f"{offered['display']} (1)" in reasons and offered["code"] not in reasons
+    assert "not-offered (not among the reasons the card offered) (1)" in reasons
+
+
+def test_code_only_override_reason_of_a_purged_card_falls_back_to_the_code(app, monkeypatch):
+    client = app.test_client()
+    card = _issue_card(client)
+    code = card["overrideReasons"][0]["code"]
+    _send(client, _overridden(card, "2026-11-26T10:00:00Z", {"code": code}))
+    assert app.extensions["cds_runtime"].storage.decision_log.purge_before("9999-01-01T00:00:00Z") == 1
+    row = _row(_report(monkeypatch, app), "duplicate-ingredient")
+    assert f"| {code} (display unknown: the card is no longer in the decision log) (1) |" in row
+
+
+def test_conflicting_feedback_counts_each_card_once_by_its_latest_outcome(app, monkeypatch, tmp_path):
+    client = app.test_client()
+    # Card A: accepted at 10:05 but that report arrives first; the override at 10:01 arrives later.
+    # Card B: both at the same instant: the later arrival (overridden) counts.
+    # Card C: the same override sent twice (a repeat) and a later override: no conflict, one card.
+    a, b, c = (_issue_card(client) for _ in range(3))
+    _send(client, _accepted(a, "2026-11-26T10:05:00Z"))
+    _send(client, _overridden(a, "2026-11-26T12:01:00+02:00"))
+    _send(client, _accepted(b, "2026-11-26T10:00:00Z"), _overridden(b, "2026-11-26T10:00:00Z"))
+    _send(client, _overridden(c, "2026-11-26T10:00:00Z"), _overridden(c, "2026-11-26T10:00:00Z"))
+    _send(client, _overridden(c, "2026-11-26T10:02:00Z"))
+    report = _report(monkeypatch, app)
+    # accepted 1 (A), overridden 2 (B, C): three cards, not five feedback records
+    assert "| 0 | 1 | 2 | 33% |" in _row(report, "duplicate-ingredient")
+    conflicts = report.split("## Conflicting feedback", 1)[1]
+    assert (
+        f"- **duplicate-ingredient@1.0.0** card `{a['uuid']}`: overridden (2026-11-26T12:01:00+02:00) "
+        "→ accepted (2026-11-26T10:05:00Z)"
+    ) in conflicts
+    assert (
+        f"- **duplicate-ingredient@1.0.0** card `{b['uuid']}`: accepted (2026-11-26T10:00:00Z) "
+        "→ overridden (2026-11-26T10:00:00Z)"
+    ) in conflicts
+    assert c["uuid"] not in conflicts
+    out = tmp_path / "r.html"
+    _report(monkeypatch, app, "--format", "html", "-o", str(out))
+    page = out.read_text()
+    assert "<h2>Conflicting feedback</h2>" in page and a["uuid"] in page and c["uuid"] not in page

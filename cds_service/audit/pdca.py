@@ -1,9 +1,15 @@
 """PDCA review: what each rule version did (Do) and what clinicians made of it (Check), so the CDS
 committee can tune, shadow or retire it (Act).
 
-Per rule and version: calls evaluated, fired, cards shown, shadow firings, accepted and overridden
-feedback, override reasons, acceptance rate; and a list of rules to review. Reads the decision log's
+Per rule and version: calls evaluated, fired, cards shown, shadow firings, cards accepted and
+overridden, override reasons, acceptance rate; and a list of rules to review. Reads the decision log's
 rule-outcome index and the feedback table; pure rendering to Markdown or HTML (with a PNG chart).
+
+Feedback is counted per card, by the card's latest outcome (outcomeTimestamp, then arrival order): a
+client may report a card accepted and later overridden (the CDS Hooks Sandbox allows both), and such a
+card is counted once and listed as a conflict. An override reason sent as a bare code (the Sandbox sends
+only `reason.code`) is shown with the display the card offered, read from the card as the decision log
+kept it; the feedback row itself keeps what the client sent.
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import and_, case, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
-from .storage import feedback, rule_outcomes
+from .storage import decisions, feedback, rule_outcomes
 
 # Review thresholds (documented in the report itself).
 OVERRIDE_REVIEW_RATE = 0.80
@@ -25,6 +33,16 @@ OVERRIDE_REVIEW_MIN_CARDS = 20
 SHADOW_FIRE_REVIEW_RATE = 0.20
 SHADOW_REVIEW_MIN_CALLS = 20
 SKIP_REVIEW_RATE = 0.50
+
+DECISIONS_PER_QUERY = 500  # decision records read at once to find the cards code-only reasons came from
+
+
+@dataclass(frozen=True)
+class FeedbackConflict:
+    """A card reported both accepted and overridden; it is counted by the last of `outcomes`."""
+
+    card_uuid: str
+    outcomes: tuple[tuple[str, str], ...]  # (outcome, outcomeTimestamp as received), in time order
 
 
 @dataclass
@@ -42,6 +60,7 @@ class RuleStats:
     accepted: int = 0
     overridden: int = 0
     override_reasons: Counter = field(default_factory=Counter)
+    conflicts: list[FeedbackConflict] = field(default_factory=list)
 
     @property
     def with_feedback(self) -> int:
@@ -98,23 +117,50 @@ def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[Rul
                 skipped=skipped or 0,
                 errors=errors or 0,
             )
-        rows = conn.execute(
+        by_card: dict[str, list[Row]] = {}
+        for row in conn.execute(
             select(
+                feedback.c.id,
+                feedback.c.card_uuid,
+                feedback.c.decision_id,
                 feedback.c.rule_id,
                 feedback.c.rule_version,
                 feedback.c.outcome,
+                feedback.c.override_system,
                 feedback.c.override_code,
                 feedback.c.override_display,
-            ).where(feedback.c.rule_id.is_not(None), *fb_where)
-        )
-        for rule_id, version, outcome, code, display in rows:
-            item = stats.setdefault((rule_id, version, "active"), RuleStats(rule_id, version, "active"))
-            if outcome == "accepted":
+                feedback.c.outcome_timestamp,
+            )
+            .where(feedback.c.rule_id.is_not(None), *fb_where)
+            .order_by(feedback.c.id)
+        ):
+            by_card.setdefault(row.card_uuid, []).append(row)
+        latest = {}
+        for card_uuid, entries in by_card.items():
+            # Time order by instant, not by text (offsets differ); the feedback id is the arrival order.
+            entries.sort(key=lambda r: (datetime.fromisoformat(r.outcome_timestamp), r.id))
+            latest[card_uuid] = entries[-1]
+        code_only = {
+            r.card_uuid: r.decision_id
+            for r in latest.values()
+            if r.outcome == "overridden" and r.override_code and not r.override_display
+        }
+        offered = _offered_reasons(conn, code_only)
+        for card_uuid, last in latest.items():
+            key = (last.rule_id, last.rule_version, "active")
+            item = stats.setdefault(key, RuleStats(last.rule_id, last.rule_version, "active"))
+            if last.outcome == "accepted":
                 item.accepted += 1
             else:
                 item.overridden += 1
-                if code or display:
-                    item.override_reasons[display or code] += 1
+                label = _reason_label(last, offered)
+                if label:
+                    item.override_reasons[label] += 1
+            entries = by_card[card_uuid]
+            if len({e.outcome for e in entries}) > 1:
+                item.conflicts.append(
+                    FeedbackConflict(card_uuid, tuple((e.outcome, e.outcome_timestamp) for e in entries))
+                )
     if rulebook is not None:
         titles = {r.id: r.title for r in rulebook.rules}
         for rule in rulebook.rules:
@@ -123,6 +169,37 @@ def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[Rul
         for item in stats.values():
             item.title = titles.get(item.rule_id, "")
     return sorted(stats.values(), key=lambda s: (s.rule_id, s.version, s.status))
+
+
+def _offered_reasons(conn: Connection, decision_of: dict[str, str]) -> dict[str, list[dict]]:
+    """card uuid -> the overrideReasons that card offered, read from its decision record (the only place
+    the card as sent is kept). A card whose record was purged (retention) is absent."""
+    out: dict[str, list[dict]] = {}
+    ids = sorted(set(decision_of.values()))
+    for start in range(0, len(ids), DECISIONS_PER_QUERY):
+        chunk = ids[start : start + DECISIONS_PER_QUERY]
+        for (body,) in conn.execute(select(decisions.c.record).where(decisions.c.id.in_(chunk))):
+            for card in json.loads(body).get("response", {}).get("cards") or []:
+                if card.get("uuid") in decision_of:
+                    out[card["uuid"]] = card.get("overrideReasons") or []
+    return out
+
+
+def _reason_label(row: Row, offered: dict[str, list[dict]]) -> str | None:
+    """How an override reason is shown: the display the client sent, else the display the card offered
+    for that code, else the code with why no display could be given."""
+    if row.override_display:
+        return row.override_display
+    if not row.override_code:
+        return None  # a comment only
+    if row.card_uuid not in offered:
+        return f"{row.override_code} (display unknown: the card is no longer in the decision log)"
+    for reason in offered[row.card_uuid]:
+        if reason.get("code") == row.override_code and (
+            not row.override_system or reason.get("system") == row.override_system
+        ):
+            return reason.get("display") or row.override_code
+    return f"{row.override_code} (not among the reasons the card offered)"
 
 
 def review(stats: list[RuleStats]) -> list[ReviewItem]:
@@ -212,12 +289,30 @@ def _thresholds_text() -> str:
     )
 
 
+CONFLICTS_TEXT = (
+    "Cards reported both accepted and overridden. Each is counted once above, by its latest outcome "
+    "(outcomeTimestamp, then arrival order); the outcomes are listed in that order."
+)
+
+
+def _conflicts(stats: list[RuleStats]) -> list[tuple[RuleStats, FeedbackConflict, str]]:
+    return [
+        (s, c, " → ".join(f"{outcome} ({at})" for outcome, at in c.outcomes))
+        for s in stats
+        for c in s.conflicts
+    ]
+
+
 def render_markdown(stats: list[RuleStats], items: list[ReviewItem], title: str) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for s in stats:
         lines.append("| " + " | ".join(str(v).replace("|", "/") for v in _row(s)) + " |")
     lines += ["", "## Rules to review", "", _thresholds_text(), ""]
     lines += [f"- **{i.rule_id}@{i.version}**: {i.reason} → {i.action}" for i in items] or ["- none"]
+    lines += ["", "## Conflicting feedback", "", CONFLICTS_TEXT, ""]
+    lines += [
+        f"- **{s.rule_id}@{s.version}** card `{c.card_uuid}`: {order}" for s, c, order in _conflicts(stats)
+    ] or ["- none"]
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +372,14 @@ def render_html(stats: list[RuleStats], items: list[ReviewItem], title: str) -> 
         )
         or "<li>none</li>"
     )
+    conflicts = (
+        "".join(
+            f"<li><b>{html.escape(s.rule_id)}@{html.escape(s.version)}</b> card "
+            f"<code>{html.escape(c.card_uuid)}</code>: {html.escape(order)}</li>"
+            for s, c, order in _conflicts(stats)
+        )
+        or "<li>none</li>"
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -286,5 +389,6 @@ def render_html(stats: list[RuleStats], items: list[ReviewItem], title: str) -> 
         f"<img alt='cards and feedback per rule' src='data:image/png;base64,{png}'>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         f"<h2>Rules to review</h2><p>{html.escape(_thresholds_text())}</p><ul>{review_items}</ul>"
+        f"<h2>Conflicting feedback</h2><p>{html.escape(CONFLICTS_TEXT)}</p><ul>{conflicts}</ul>"
         "</body></html>"
     )

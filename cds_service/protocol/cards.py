@@ -94,8 +94,13 @@ def _override_reasons(spec) -> list[dict]:
     return out
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _shorten(text: str) -> str:
-    text = " ".join(text.split())
+    """A summary within the spec's limit (< 140 characters); the only card field the spec bounds."""
+    text = _one_line(text)
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
@@ -120,8 +125,8 @@ def build_card(finding: Finding, facts) -> dict:
         card["source"] = {
             k: (_render(rule, v, ctx) if isinstance(v, str) else v) for k, v in spec["source"].items() if v
         }
-    else:  # the first reference is the primary source of guidance
-        card["source"] = {"label": _shorten(rule.references[0].title), "url": rule.references[0].url}
+    else:  # the first reference is the primary source of guidance, cited by its whole title
+        card["source"] = {"label": _one_line(rule.references[0].title), "url": rule.references[0].url}
     suggestions = []
     for i, suggestion in enumerate(spec.get("suggestions") or []):
         if i not in finding.suggestion_indices:

@@ -227,7 +227,7 @@ class Reasoner:
                 f"{text}\n\n*{AI_LABEL} by the on-premises model {self.model_id} from this record only; "
                 "names and numbers were checked against the record.*"
             ),
-            "source": {"label": f"{AI_LABEL}: on-premises LLM ({self.model_id})"[:139]},
+            "source": {"label": f"{AI_LABEL}: on-premises LLM ({self.model_id})"},
             "extension": {"org.cds-service.rule": {"id": LLM_SUMMARY_RULE, "version": self.model_id}},
         }
 
