@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# The service and its sandbox (mock-EHR page, sample-patient FHIR endpoint), trusted as a CDS client.
 run: install
 	$(BIN)/cds-service model prepare
-	$(BIN)/cds-service serve --host $(HOST) --port $(PORT)
+	$(BIN)/cds-service serve --sandbox --host $(HOST) --port $(PORT)
 
 # The FHIR integration tests (tests/test_medplum.py) run Medplum's in-memory FHIR router on Node >= 20,
 # installed from the committed package-lock.json, once (again only when the lock file changes).

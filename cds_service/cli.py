@@ -66,16 +66,35 @@ def _storage():
 @click.option(
     "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Threads per worker."
 )
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Also serve the sandbox (mock-EHR page, sample-patient FHIR endpoint), trusted as a CDS client. "
+    "For trying the service; never in production.",
+)
+def serve(host: str, port: int, workers: int, threads: int, sandbox: bool) -> None:
     """Run the service under gunicorn (the production WSGI server)."""
+    import os
+
     from .protocol.wsgi_server import run
 
     settings = _settings()
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = settings.public_base_url.rstrip("/") or f"http://{shown_host}:{port}"
+    if sandbox:
+        from .sandbox.trust import prepare
+
+        setup = prepare(settings.data_dir, base, clients=settings.clients, audit_tokens=settings.audit_tokens)
+        # Workers read their settings from the environment: the sandbox's trust files are set there.
+        os.environ.update(setup.settings_overrides(settings.fhir_allowed_servers))
+        settings = _settings()
     _content_or_exit(settings, 2)  # fail before forking workers if content is broken
     # Create the tables once, here, before the workers fork: workers creating them at the same time on an
     # empty SQLite file race ("table already exists" / "database is locked") and one fails to boot.
     _open_storage(settings).close()
-    base = f"http://{host}:{port}"
+    if sandbox:
+        click.echo(f"Sandbox (mock EHR):   {base}/sandbox/")
+        click.echo(f"Sandbox FHIR server:  {base}/sandbox/fhir")
     click.echo(f"CDS Hooks discovery:  {base}/cds-services")
     click.echo(f"OpenAPI document:     {base}/openapi.json")
     click.echo(f"Health / readiness:   {base}/healthz  {base}/readyz")
@@ -561,6 +580,115 @@ def model_bench(prompts: int, new_tokens: int, backends: str, json_out: Path | N
     figures = run_bench([b.strip() for b in backends.split(",") if b.strip()], prompts, new_tokens)
     if json_out:
         json_out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+@main.group()
+def fhir() -> None:
+    """Put FHIR content into a FHIR server (HAPI FHIR, Medplum, ...)."""
+
+
+@fhir.command("load")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--server", required=True, metavar="URL", help="The FHIR server's base, e.g. http://localhost:8080/fhir."
+)
+@click.option(
+    "--token",
+    envvar="CDS_FHIR_LOAD_TOKEN",
+    show_envvar=True,
+    help="Sent as `Authorization: Bearer` (never printed); the variable keeps it out of `ps` and shell "
+    "history.",
+)
+@click.option(
+    "--shift-dates/--no-shift-dates",
+    default=None,
+    help="Move each file's dates by whole days so its newest clinical date is yesterday [default: off for "
+    "FILES; the sample patients always come as the sandbox serves them, Synthea moved to end yesterday].",
+)
+@click.option(
+    "--timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds to wait for the server's answer to one file.",
+)
+def fhir_load(
+    files: tuple[Path, ...], server: str, token: str | None, shift_dates: bool | None, timeout: float
+):
+    """Load FHIR R4 JSON FILES (or directories of *.json) into a FHIR server: one transaction per file, each
+    resource PUT under its own id, so loading twice changes nothing. Without FILES: the sandbox's sample
+    patients (Synthea charts moved to end yesterday, and the hand-made ones)."""
+    from datetime import datetime
+
+    from .sandbox.loading import (
+        FhirLoader,
+        LoadError,
+        LoadResult,
+        as_transaction,
+        count,
+        created_anew,
+        public_url,
+        read_files,
+        shift_to_yesterday,
+    )
+
+    today = datetime.now().astimezone().date()
+    if files:
+        named = read_files(files)
+    elif shift_dates is False:
+        raise click.UsageError(
+            "the sample patients always end yesterday, as the sandbox serves them; for the recorded dates "
+            "name the files: cds-service fhir load fhir/samples/synthea-r4 --server URL"
+        )
+    else:
+        from .errors import ContentError
+        from .sandbox.samples import sample_bundles
+
+        try:
+            named = sample_bundles(_settings().fhir_dir, today)
+        except ContentError as exc:  # a broken hand-made patient file: name it, no traceback
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        # As the sandbox serves them: Synthea already moved to end yesterday, the hand-made charts written in
+        # days before today (moving those would change what they were written to show).
+        shift_dates = False
+    loader = FhirLoader(server, token, timeout)
+    click.echo(f"loading into {public_url(server)}")
+    results = []
+    try:
+        for name, content in named:
+            try:
+                if isinstance(content, LoadError):
+                    raise content
+                transaction = as_transaction(content)
+                if posted := created_anew(transaction):
+                    click.echo(
+                        f"  {name}: {count(posted, 'resource')} without an id: POSTed, so loading the file "
+                        "again stores them again",
+                        err=True,
+                    )
+                days = shift_to_yesterday(transaction, today) if shift_dates else None
+                result = loader.load(name, transaction)
+                result.shifted_days = days
+            except LoadError as exc:
+                result = LoadResult(name, problems=[f"not sent: {exc}"])
+            results.append(result)
+            click.echo(result.line())
+            for problem in result.problems:
+                click.echo(f"  {name}: {problem}", err=True)
+    finally:
+        loader.close()
+    failed = [r.name for r in results if not r.ok]
+    click.echo(
+        f"total: {count(len(results), 'file')}, {count(sum(r.sent for r in results), 'resource')}, "
+        f"{sum(r.succeeded for r in results)} stored, {len(failed)} failed"
+    )
+    if not results:
+        click.echo("error: no *.json file in the directories given", err=True)
+        sys.exit(1)
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(results)} files failed: {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

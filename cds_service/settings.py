@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     response_budget_ms: int = 450
     llm_max_new_tokens: int = 64
     log_level: str = "INFO"
+    # Serve the sandbox (mock-EHR page and sample-patient FHIR endpoint under /sandbox/). Set by
+    # `cds-service serve --sandbox`, which also writes the sandbox's trust files; never on in production.
+    sandbox: bool = False
 
     @field_validator("fhir_allowed_servers", "cors_origins", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .. import sandbox
 from ..audit.api import audit_api
 from ..errors import (
     CdsError,
@@ -50,8 +51,10 @@ def create_app(
     CORS(
         app,
         origins=list(settings.cors_origins),
-        allow_headers=["Authorization", "Content-Type"],
+        allow_headers=["Authorization", "Content-Type", "Prefer"],
         methods=["GET", "POST", "OPTIONS"],
+        # Browser clients read the timings and the decision id (CDS clients and the sandbox page).
+        expose_headers=["Server-Timing", "X-Decision-Id", "Link", "Retry-After"],
         max_age=600,
     )
     _register_errors(app)
@@ -62,6 +65,7 @@ def create_app(
     rate_limit.init_app(app)
     app.register_blueprint(hooks_api)
     app.register_blueprint(audit_api)
+    sandbox.init_app(app, app.extensions["cds_runtime"])
     return app
 
 
