@@ -31,6 +31,7 @@ class Reply:
 class Seen:
     path: str
     headers: dict
+    body: bytes = b""  # a POST's body
 
 
 class FakeFhirServer:
@@ -48,9 +49,12 @@ class FakeFhirServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
+            def do_POST(self):  # a transaction Bundle to the base (cds-service fhir load), routed like a GET
+                self.do_GET(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def do_GET(self, body: bytes = b""):
                 path = unquote(self.path)
-                server.seen.append(Seen(path, dict(self.headers)))
+                server.seen.append(Seen(path, dict(self.headers), body))
                 relative = (
                     path[len(server.base_path) + 1 :] if path.startswith(server.base_path + "/") else path
                 )

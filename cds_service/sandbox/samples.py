@@ -229,7 +229,6 @@ def sample_bundles(fhir_dir: Path, today: date | None = None) -> list[tuple[str,
     for chart in sample_charts(fhir_dir, today):
         entries = [
             {
-                "fullUrl": f"{r['resourceType']}/{r['id']}",
                 "resource": r,
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
             }

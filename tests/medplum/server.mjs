@@ -28,7 +28,8 @@ const server = http.createServer(async (req, res) => {
     for await (const chunk of req) chunks.push(chunk);
     const text = Buffer.concat(chunks).toString('utf8');
     const url = new URL(req.url, 'http://localhost');
-    if (!url.pathname.startsWith(BASE + '/')) return send(res, 404, { resourceType: 'OperationOutcome', issue: [] });
+    // POST [base] (no trailing slash) is how FHIR clients send a transaction: the router's batch route is ''.
+    if (url.pathname !== BASE && !url.pathname.startsWith(BASE + '/')) return send(res, 404, { resourceType: 'OperationOutcome', issue: [] });
     // The router matches on `url` (relative to the FHIR base) and reads search parameters from `query`.
     const query = {};
     for (const [key, value] of url.searchParams) query[key] = key in query ? [].concat(query[key], value) : value;
