@@ -56,14 +56,24 @@ def _concept(item: dict, default_system: str) -> dict:
 
 
 class CaseBuilder:
-    def __init__(self, today: date):
+    """Expands compact cases into FHIR resources. Rule cases use the defaults; the sandbox's hand-made
+    patients choose their own patient id, user and resource-id prefix (ids unique across patients)."""
+
+    def __init__(self, today: date, *, patient_id: str = PATIENT_ID, user: str = USER, id_prefix: str = ""):
         self.today = today
         self.now = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
         self.counter = 0
+        self.patient_id = patient_id
+        self.user = user
+        self.id_prefix = id_prefix
+
+    @property
+    def _subject(self) -> dict:
+        return {"reference": f"Patient/{self.patient_id}"}
 
     def _id(self, prefix: str) -> str:
         self.counter += 1
-        return f"{prefix}-{self.counter}"
+        return f"{self.id_prefix}{prefix}-{self.counter}"
 
     def _when(self, days_ago) -> str:
         return (self.now - timedelta(days=float(days_ago))).isoformat()
@@ -74,9 +84,18 @@ class CaseBuilder:
         birth = spec.pop("birthDate", None) or date(self.today.year - int(age), 1, 1).isoformat()
         if isinstance(birth, date):
             birth = birth.isoformat()
+        name = spec.get("name")
+        if isinstance(name, dict):  # compact {given, family} -> HumanName list
+            given = name.get("given")
+            spec["name"] = [
+                {
+                    **({"given": [given] if isinstance(given, str) else list(given)} if given else {}),
+                    **({"family": name["family"]} if name.get("family") else {}),
+                }
+            ]
         return {
             "resourceType": "Patient",
-            "id": PATIENT_ID,
+            "id": self.patient_id,
             "birthDate": birth,
             "gender": spec.pop("gender", "female"),
             **spec,
@@ -90,9 +109,9 @@ class CaseBuilder:
             "status": item.get("status", "draft" if draft else "active"),
             "intent": item.get("intent", "order"),
             "medicationCodeableConcept": _concept(item, RXNORM),
-            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "subject": self._subject,
             "authoredOn": self._when(item.get("authoredDaysAgo", 0 if draft else 30)),
-            "requester": {"reference": item.get("requester", USER)},
+            "requester": {"reference": item.get("requester", self.user)},
         }
         if item.get("category"):
             r["category"] = [
@@ -149,7 +168,7 @@ class CaseBuilder:
             "resourceType": "Condition",
             "id": self._id("cond"),
             "code": _concept(item, SNOMED),
-            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "subject": self._subject,
             "clinicalStatus": {
                 "coding": [
                     {
@@ -179,7 +198,7 @@ class CaseBuilder:
             "resourceType": "AllergyIntolerance",
             "id": self._id("allergy"),
             "code": _concept(item, RXNORM),
-            "patient": {"reference": f"Patient/{PATIENT_ID}"},
+            "patient": self._subject,
             "category": ["medication"],
             "clinicalStatus": {
                 "coding": [
@@ -201,7 +220,7 @@ class CaseBuilder:
             "id": self._id("obs"),
             "status": item.get("status", "final"),
             "code": _concept(item, LOINC),
-            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "subject": self._subject,
             "effectiveDateTime": self._when(item.get("daysAgo", 1)),
         }
         if "value" in item:
@@ -240,7 +259,7 @@ class CaseBuilder:
         rtype = item.get("type", "Procedure")
         r: dict[str, Any] = {"resourceType": rtype, "id": self._id(rtype.lower())}
         when = self._when(item.get("daysAgo", 10))
-        subject = {"reference": f"Patient/{PATIENT_ID}"}
+        subject = self._subject
         if rtype == "Encounter":
             r.update(
                 {
@@ -267,7 +286,7 @@ class CaseBuilder:
                     "subject": subject,
                     "created": when,
                     "category": [_concept(item, LOINC)],
-                    "author": {"reference": item.get("author", USER)},
+                    "author": {"reference": item.get("author", self.user)},
                 }
             )
         elif rtype == "ServiceRequest":
@@ -302,7 +321,7 @@ class CaseBuilder:
             "id": self._id("note"),
             "status": item.get("status", "current"),
             "type": {"text": item.get("title") or "Progress note"},
-            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "subject": self._subject,
             "date": self._when(item.get("daysAgo", 1)),
             "content": [
                 {
@@ -322,7 +341,7 @@ class CaseBuilder:
             "id": self._id("report"),
             "status": item.get("status", "final"),
             "code": {"text": item.get("title") or "Report"},
-            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "subject": self._subject,
             "effectiveDateTime": self._when(item.get("daysAgo", 1)),
             "conclusion": str(item["text"]),
         }
