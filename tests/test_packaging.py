@@ -29,6 +29,10 @@ def test_wheel_contains_content_and_no_fhir_package(wheel):
     assert "cds_service/_content/hooks/medication-order-check.yaml" in names
     assert any(n.startswith("cds_service/_content/rules/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("cds_service/_content/fhir/terminology/") for n in names)
+    # the sandbox works from an installed copy: its page, vendored libraries and hand-made patients ship
+    assert "cds_service/sandbox/static/index.html" in names
+    assert "cds_service/sandbox/static/vendor/marked.esm.js" in names
+    assert "cds_service/_content/fhir/samples/sandbox/patients.yaml" in names
     assert "cds_service/content_schema/rule.schema.json" in names
     assert not any(n.startswith("fhir/") or n.startswith("hooks/") or n.startswith("rules/") for n in names)
 

@@ -382,3 +382,17 @@ def test_every_demonstration_fires_through_the_sandbox_fhir_endpoint_fetched_or_
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_vendored_libraries_are_the_published_files_the_readme_names():
+    """marked and DOMPurify are copied unchanged from their npm tarballs; an edit would go unnoticed."""
+    import hashlib
+    import re
+
+    vendor = Path(__file__).resolve().parents[1] / "cds_service" / "sandbox" / "static" / "vendor"
+    rows = re.findall(
+        r"^\| `([^`]+\.js)` \|.*\| `([0-9a-f]{64})` \|$", (vendor / "README.md").read_text(), re.M
+    )
+    assert {name for name, _ in rows} == {p.name for p in vendor.glob("*.js")} != set()
+    for name, digest in rows:
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name

@@ -1,0 +1,217 @@
+"""The sandbox page in a real headless browser (Debian's chromium through chromedriver and Selenium),
+against `cds-service serve --sandbox`: the clinician's paths an integration engineer tries first.
+
+1. Open an anticoagulated patient, write an ibuprofen order with the picker, sign it, see the critical
+   interaction card, accept its suggestion (the draft goes away) and find the feedback in the database.
+2. Override a card with one of the reasons it offers; the reason code is recorded.
+Set CDS_SANDBOX_SCREENSHOTS=<folder> to keep a screenshot of each main screen (docs/ holds them).
+
+`make test` installs chromium and chromium-driver with apt-get when missing (as root); elsewhere these
+tests are skipped with the reason, and fail in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from test_serve import free_port, start_serve, wait_ready
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PATIENT = "sandbox-anticoagulated"  # hand-made: warfarin for atrial fibrillation
+SCREENSHOTS = os.environ.get("CDS_SANDBOX_SCREENSHOTS")
+
+pytestmark = pytest.mark.slow
+
+
+def _browser_or_skip():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package")
+    if missing:
+        why = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    _browser_or_skip()
+    data = tmp_path_factory.mktemp("sandbox-data")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_serve(port, data, "--sandbox")
+    try:
+        wait_ready(base)
+        yield base, data
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(sandbox):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download a driver
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1100"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, seconds: float = 30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition)
+
+
+def _css(driver, selector: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def _shot(driver, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
+
+
+def _open_patient(driver, base: str, patient_id: str) -> None:
+    driver.get(f"{base}/sandbox/")
+    _wait(driver, lambda d: _css(d, f'li[data-patient-id="{patient_id}"] button'))
+    _css(driver, f'li[data-patient-id="{patient_id}"] button')[0].click()
+    _wait(driver, lambda d: "Warfarin" in _css(d, "#chart")[0].text)
+    # patient-view services answered (each has a status line once its call ended)
+    _wait(driver, lambda d: _css(d, '.call-status li[data-hook="patient-view"]'))
+
+
+def _sign(driver, query: str, choose: str) -> None:
+    search = _css(driver, "#med-search")[0]
+    search.clear()
+    for ch in query:  # typed as a person types, past the picker's debounce
+        search.send_keys(ch)
+        time.sleep(0.05)
+    _wait(driver, lambda d: any(choose in b.text for b in _css(d, "#med-results button[data-code]")))
+    next(b for b in _css(driver, "#med-results button[data-code]") if choose in b.text).click()
+    _css(driver, "#add-order")[0].click()
+    _wait(driver, lambda d: _css(d, "#draft-orders li[data-draft-id]"))
+    _css(driver, "#sign-orders")[0].click()
+
+
+def _feedback_rows(data: Path, card_uuid: str) -> list[tuple]:
+    with sqlite3.connect(data / "decision-log.sqlite3") as db:
+        return db.execute(
+            "SELECT outcome, accepted_suggestions, override_code FROM feedback"
+            " WHERE card_uuid = ? ORDER BY id",
+            (card_uuid,),
+        ).fetchall()
+
+
+def _critical_interaction_card(driver):
+    def found(d):
+        cards = _css(d, 'article.card[data-indicator="critical"]')
+        return next((c for c in cards if "Warfarin" in c.text and "Ibuprofen" in c.text), None)
+
+    return _wait(driver, found)
+
+
+def test_sign_an_interacting_order_see_the_warning_accept_its_suggestion(sandbox, browser):
+    base, data = sandbox
+    _open_patient(browser, base, PATIENT)
+    _shot(browser, "sandbox-patient-view")
+    _sign(browser, "ibuprofen 200", "Ibuprofen 200 MG Oral Tablet")
+    card = _critical_interaction_card(browser)
+    assert "bleeding" in card.text.lower()
+    _wait(browser, lambda d: _css(d, "details.call[data-hook='order-sign']"))
+    _shot(browser, "sandbox-order-sign")
+    drafts_before = len(_css(browser, "#draft-orders li[data-draft-id]"))
+    suggestion = next(
+        b for b in card.find_elements("css selector", "[data-suggestion-uuid]") if "Remove" in b.text
+    )
+    suggestion_uuid = suggestion.get_attribute("data-suggestion-uuid")
+    suggestion.click()
+    _wait(browser, lambda d: "recorded" in card.find_element("css selector", ".feedback-status").text.lower())
+    # the suggestion's delete action was applied to the draft orders
+    assert len(_css(browser, "#draft-orders li[data-draft-id]")) == drafts_before - 1
+    rows = _feedback_rows(data, card.get_attribute("data-card-uuid"))
+    assert [r[0] for r in rows] == ["accepted"] and suggestion_uuid in rows[0][1]
+    # the call inspector lays the call open: request, response, the decision entry read as an auditor
+    entry = _css(browser, "details.call[data-hook='order-sign'][data-service-id='medication-order-check']")[0]
+    assert entry.get_attribute("data-decision-id")
+    browser.execute_script("arguments[0].open = true; arguments[0].scrollIntoView();", entry)
+    _wait(
+        browser,
+        lambda d: '"hookInstance"' in entry.text and entry.get_attribute("data-decision-id") in entry.text,
+    )
+    _shot(browser, "sandbox-call-inspector")
+
+
+def test_override_a_card_with_a_reason_it_offers(sandbox, browser):
+    base, data = sandbox
+    _open_patient(browser, base, PATIENT)
+    _sign(browser, "ibuprofen 200", "Ibuprofen 200 MG Oral Tablet")
+    card = _critical_interaction_card(browser)
+    card.find_element("css selector", "button.override").click()
+    dialog = _wait(
+        browser, lambda d: next((x for x in _css(d, "#override-dialog") if x.is_displayed()), None)
+    )
+    reason = dialog.find_elements("css selector", "input[name=override-reason]")[0]
+    code = reason.get_attribute("value")
+    reason.click()
+    _shot(browser, "sandbox-override-reason")
+    browser.find_element("css selector", "#override-submit").click()
+    _wait(browser, lambda d: "recorded" in card.find_element("css selector", ".feedback-status").text.lower())
+    rows = _feedback_rows(data, card.get_attribute("data-card-uuid"))
+    assert [(r[0], r[2]) for r in rows] == [("overridden", code)]
+
+
+def test_pdca_and_trust_views(sandbox, browser):
+    base, _ = sandbox
+    browser.get(f"{base}/sandbox/")
+    _wait(browser, lambda d: _css(d, "#tab-pdca"))
+    _css(browser, "#tab-pdca")[0].click()
+    frame = _wait(browser, lambda d: next((f for f in _css(d, "#pdca-frame") if f.is_displayed()), None))
+    browser.switch_to.frame(frame)
+    _wait(browser, lambda d: "rule" in d.find_element("css selector", "body").text.lower())
+    assert browser.find_elements("css selector", "img[src^='data:image/png']")  # the PDCA chart
+    browser.switch_to.default_content()
+    _shot(browser, "sandbox-pdca")
+    _css(browser, "#tab-trust")[0].click()
+    clients = _wait(browser, lambda d: next((x for x in _css(d, "#trust-clients") if x.text.strip()), None))
+    assert f"{base}/sandbox/.well-known/jwks.json" in clients.text
+    _shot(browser, "sandbox-trust")
+
+
+def test_a_patients_example_order_is_signed_as_written_and_the_opioid_guideline_answers(sandbox, browser):
+    """The example orders carry what outpatient rules read (community category, days supply): an opioid for
+    an opioid-naive sprain reaches the CDC opioid services from the page."""
+    base, _ = sandbox
+    browser.get(f"{base}/sandbox/")
+    _wait(browser, lambda d: _css(d, 'li[data-patient-id="sandbox-opioid-naive-ankle-sprain"] button'))
+    _css(browser, 'li[data-patient-id="sandbox-opioid-naive-ankle-sprain"] button')[0].click()
+    _wait(browser, lambda d: _css(d, "#try-orders button[data-try-code]"))
+    offers = _css(browser, "#try-orders button[data-try-code]")
+    for offer in offers:  # a 5-day and a 10-day oxycodone supply
+        offer.click()
+    assert len(_css(browser, "#draft-orders li[data-draft-id]")) == len(offers) == 2
+    _css(browser, "#sign-orders")[0].click()
+    # rec 1 (non-opioid therapy first) and rec 6 (acute pain: three days or less), each from its service
+    _wait(browser, lambda d: _css(d, 'article.card[data-service-id="opioidcds-01"]'))
+    _wait(browser, lambda d: _css(d, 'article.card[data-service-id="opioidcds-06"]'))
