@@ -64,7 +64,9 @@ def _storage():
     help="gunicorn worker processes (each loads its own rules, model and connections).",
 )
 @click.option(
-    "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Threads per worker."
+    "--threads",
+    type=click.IntRange(1, 64),
+    help="Threads per worker [default: 4; 16 with --sandbox, whose calls fetch from this same server].",
 )
 @click.option(
     "--sandbox",
@@ -72,9 +74,13 @@ def _storage():
     help="Also serve the sandbox (mock-EHR page, sample-patient FHIR endpoint), trusted as a CDS client. "
     "For trying the service; never in production.",
 )
-def serve(host: str, port: int, workers: int, threads: int, sandbox: bool) -> None:
+def serve(host: str, port: int, workers: int, threads: int | None, sandbox: bool) -> None:
     """Run the service under gunicorn (the production WSGI server)."""
     import os
+
+    # With the sandbox, a hook call without prefetch fetches every key in parallel from this same server:
+    # with few threads the fetches queue behind the calls that wait for them until the FHIR deadline.
+    threads = threads or (16 if sandbox else 4)
 
     from .protocol.wsgi_server import run
 

@@ -282,7 +282,10 @@ def _patient(data: dict, i: int, today: date, rel: str) -> SandboxPatient:
             )
         for spec in drafts:
             offer = _try_order(spec)
-            try_orders.setdefault(json.dumps(offer, sort_keys=True), offer)
+            key = json.dumps(offer, sort_keys=True)
+            if key not in try_orders:
+                # the order exactly as the demonstration signs it: the page adds it to the drafts as is
+                try_orders[key] = {**offer, "draft": builder.medication(spec, draft=True)}
         demonstrations.append(
             Demonstration(
                 patient_id=pid,
