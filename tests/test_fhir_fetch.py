@@ -445,7 +445,7 @@ def _opioid_chart(encounters: int, every_days: float) -> tuple[list[dict], dict]
 def test_250_encounters_fit_the_page_cap(make_app, fake_fhir):
     """The issue's chart: 250 encounters were 13 pages of a server's default 20, past the cap of 10, so
     the encounter key was unavailable and the opioid + benzodiazepine card never came. The templates
-    now ask for 200 a page over the 13 months the rules look at."""
+    now ask for 200 a page over the 400 days the rules look at."""
     resources, body = _opioid_chart(250, every_days=1.0)
     search = PagedSearch(fake_fhir.base_url, resources)
     fake_fhir.default = search

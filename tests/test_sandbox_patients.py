@@ -156,7 +156,7 @@ def test_resource_ids_are_unique_and_carry_the_patient_id():
 
 
 def test_chart_data_lie_inside_the_prefetch_date_windows():
-    """`_search` does not apply the templates' date windows (13 months at the shortest): nothing here is
+    """`_search` does not apply the templates' date windows (400 days at the shortest): nothing here is
     older, except the problem list, which no template limits by date."""
     oldest = TODAY - timedelta(days=365)
     for patient in PATIENTS:
