@@ -90,6 +90,13 @@ def serve(host: str, port: int, workers: int, threads: int | None, sandbox: bool
     if sandbox:
         from .sandbox.trust import prepare
 
+        if shown_host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(
+                f"warning: the sandbox listens on {host}: anyone who reaches it can have it sign JWTs this "
+                "service trusts. Use it on a test system only, never in production.",
+                err=True,
+            )
+
         setup = prepare(settings.data_dir, base, clients=settings.clients, audit_tokens=settings.audit_tokens)
         # Workers read their settings from the environment: the sandbox's trust files are set there.
         os.environ.update(setup.settings_overrides(settings.fhir_allowed_servers))

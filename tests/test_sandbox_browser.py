@@ -93,8 +93,9 @@ def _shot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
 
 
-def _open_patient(driver, base: str, patient_id: str) -> None:
-    driver.get(f"{base}/sandbox/")
+def _open_patient(driver, base: str, patient_id: str, *, load: bool = True) -> None:
+    if load:
+        driver.get(f"{base}/sandbox/")
     _wait(driver, lambda d: _css(d, f'li[data-patient-id="{patient_id}"] button'))
     _css(driver, f'li[data-patient-id="{patient_id}"] button')[0].click()
     _wait(driver, lambda d: "Warfarin" in _css(d, "#chart")[0].text)
@@ -163,11 +164,23 @@ def test_sign_an_interacting_order_see_the_warning_accept_its_suggestion(sandbox
     _shot(browser, "sandbox-call-inspector")
 
 
-def test_override_a_card_with_a_reason_it_offers(sandbox, browser):
+def test_override_a_card_with_a_reason_it_offers_with_no_prefetch_sent(sandbox, browser):
     base, data = sandbox
     _open_patient(browser, base, PATIENT)
+    _css(browser, "#send-prefetch")[0].click()  # off: the service fetches from the sandbox FHIR server
+    assert not _css(browser, "#send-prefetch")[0].is_selected()
     _sign(browser, "ibuprofen 200", "Ibuprofen 200 MG Oral Tablet")
     card = _critical_interaction_card(browser)
+    entry = _wait(
+        browser,
+        lambda d: _css(d, "details.call[data-hook='order-sign'][data-service-id='medication-order-check']"),
+    )[0]
+    browser.execute_script("arguments[0].open = true;", entry)
+    _wait(browser, lambda d: "not sent: fetched by the service" in entry.text)
+    request_body = next(
+        p.text for p in entry.find_elements("css selector", "pre") if '"hookInstance"' in p.text
+    )
+    assert '"fhirServer"' in request_body and '"prefetch"' not in request_body  # the request carried none
     card.find_element("css selector", "button.override").click()
     dialog = _wait(
         browser, lambda d: next((x for x in _css(d, "#override-dialog") if x.is_displayed()), None)
@@ -215,3 +228,32 @@ def test_a_patients_example_order_is_signed_as_written_and_the_opioid_guideline_
     # rec 1 (non-opioid therapy first) and rec 6 (acute pain: three days or less), each from its service
     _wait(browser, lambda d: _css(d, 'article.card[data-service-id="opioidcds-01"]'))
     _wait(browser, lambda d: _css(d, 'article.card[data-service-id="opioidcds-06"]'))
+
+
+def test_the_page_calls_a_cds_service_at_another_url(sandbox, browser, tmp_path):
+    """Like the public CDS Hooks Sandbox, the page can drive any CDS service by its discovery URL: here a
+    second instance of this service (another port, no sandbox, no client trust: CORS is what lets it answer
+    a page from another origin), sent the prefetch the sandbox resolved."""
+    base, _ = sandbox
+    port = free_port()
+    other = f"http://127.0.0.1:{port}"
+    server = start_serve(port, tmp_path / "other")
+    try:
+        wait_ready(other)
+        browser.get(f"{base}/sandbox/")
+        url_box = _wait(
+            browser, lambda d: next((x for x in _css(d, "#discovery-url") if x.get_attribute("value")), None)
+        )
+        url_box.clear()
+        url_box.send_keys(f"{other}/cds-services")
+        _css(browser, "#load-services")[0].click()
+        _wait(browser, lambda d: "15 services" in _css(d, "#services-summary")[0].text)
+        _open_patient(browser, base, PATIENT, load=False)
+        _sign(browser, "ibuprofen 200", "Ibuprofen 200 MG Oral Tablet")
+        _critical_interaction_card(browser)
+        entry = _wait(browser, lambda d: _css(d, "details.call[data-service-id='medication-order-check']"))[0]
+        browser.execute_script("arguments[0].open = true;", entry)
+        assert f"{other}/cds-services/medication-order-check" in entry.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
