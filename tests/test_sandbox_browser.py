@@ -257,3 +257,79 @@ def test_the_page_calls_a_cds_service_at_another_url(sandbox, browser, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+HOSTILE_CARD = {
+    "uuid": "0b7c1f3e-9d2a-4c55-8a61-3f0e2d9b7a10",
+    "summary": "<b>not bold</b> <img src=x onerror=window.__pwned=1>",
+    "indicator": "warning",
+    "detail": 'Text **kept**. <img src=x onerror="window.__pwned=2"> <script>window.__pwned=3</script> '
+    "[a script link](javascript:window.__pwned=4)",
+    "source": {"label": "a hostile source", "url": "javascript:window.__pwned=5"},
+    "links": [{"label": "hostile link", "url": "javascript:window.__pwned=6", "type": "absolute"}],
+}
+
+
+def _hostile_cds_service():
+    """A CDS service at another origin whose patient-view card tries every way into the page."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_OPTIONS(self):  # the CORS preflight
+            self._send({})
+
+        def do_GET(self):
+            self._send({"services": [{"hook": "patient-view", "id": "hostile", "description": "x"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._send({"cards": [HOSTILE_CARD]})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_card_from_another_service_cannot_run_script_in_the_page(sandbox, browser):
+    base, _ = sandbox
+    hostile = _hostile_cds_service()
+    try:
+        browser.get(f"{base}/sandbox/")
+        url_box = _wait(
+            browser, lambda d: next((x for x in _css(d, "#discovery-url") if x.get_attribute("value")), None)
+        )
+        url_box.clear()
+        url_box.send_keys(f"http://127.0.0.1:{hostile.server_port}/cds-services")
+        _css(browser, "#load-services")[0].click()
+        _wait(browser, lambda d: "1 service" in _css(d, "#services-summary")[0].text)
+        _open_patient(browser, base, PATIENT, load=False)
+        card = _wait(
+            browser,
+            lambda d: next(iter(_css(d, f'article.card[data-card-uuid="{HOSTILE_CARD["uuid"]}"]')), None),
+        )
+        for link in card.find_elements("css selector", "a"):
+            link.click()  # whatever is clickable: none may run script
+        time.sleep(0.5)
+        assert browser.execute_script("return window.__pwned") is None
+        assert "<b>not bold</b>" in card.text  # the summary is text, never markup
+        assert "kept" in card.find_element("css selector", "strong").text  # markdown still renders
+        hrefs = [a.get_attribute("href") or "" for a in card.find_elements("css selector", "a")]
+        assert not any(h.lower().startswith("javascript:") for h in hrefs)
+        assert not card.find_elements("css selector", "script, img[onerror]")
+    finally:
+        hostile.shutdown()

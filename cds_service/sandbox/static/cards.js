@@ -41,7 +41,16 @@ function iconAllowed(url) {
   }
 }
 
+/** A link a card asks for, opened in a new tab; only http(s): a javascript: or data: URL from a CDS
+ * service is shown as text, never made clickable. */
 function newTabLink(url, label) {
+  let safe = false;
+  try {
+    safe = ["http:", "https:"].includes(new URL(url, location.href).protocol);
+  } catch {
+    safe = false;
+  }
+  if (!safe) return h("span", { class: "unsafe-link", title: `not a web link: ${url}` }, label);
   return h("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, label);
 }
 
