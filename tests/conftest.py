@@ -62,6 +62,18 @@ def client(app):
 
 
 @pytest.fixture
+def sandbox_client(make_app, tmp_path):
+    """A test client of an app serving the sandbox, set up as `serve --sandbox` sets it up, but for
+    CDS_CLIENTS: a test client has no HTTP server for the JWKS URL (test_sandbox_api's round trip against
+    `serve --sandbox` covers trust over HTTP)."""
+    from cds_service.sandbox.trust import prepare
+
+    overrides = prepare(tmp_path / "data", "http://localhost").settings_overrides(())
+    del overrides["CDS_CLIENTS"]
+    return make_app(**overrides).test_client()
+
+
+@pytest.fixture
 def redis_url():
     """The machine's Redis (127.0.0.1:6379, db 0); tests key their data uniquely and never flush it."""
     import redis

@@ -31,16 +31,6 @@ def TODAY():
 IBUPROFEN = {"system": RXNORM, "code": "197806", "display": "Ibuprofen 600 MG Oral Tablet"}
 
 
-@pytest.fixture
-def sandbox_client(make_app, tmp_path):
-    setup = prepare(tmp_path / "data", "http://localhost")
-    # Everything `serve --sandbox` sets but CDS_CLIENTS: the test client has no HTTP server for the JWKS URL
-    # (test_round_trip_against_serve_with_the_sandbox covers trust over HTTP).
-    overrides = setup.settings_overrides(())
-    del overrides["CDS_CLIENTS"]
-    return make_app(**overrides).test_client()
-
-
 # ---- trust files ---------------------------------------------------------------------------------
 
 
@@ -194,9 +184,19 @@ def _order_sign(config: dict, *, prefetch: dict | None) -> dict:
         "medicationCodeableConcept": {"coding": [IBUPROFEN], "text": IBUPROFEN["display"]},
         "subject": {"reference": f"Patient/{MAX_DICKI}"},
     }
+    context = {
+        "userId": config["userId"],
+        "patientId": MAX_DICKI,
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]},
+    }
+    return hook_request(config, "order-sign", context, prefetch)
+
+
+def hook_request(config: dict, hook: str, context: dict, prefetch: dict | None) -> dict:
+    """A hook request as the sandbox page builds it: its FHIR server and a token always, prefetch if any."""
     body = {
         "hookInstance": str(uuid.uuid4()),
-        "hook": "order-sign",
+        "hook": hook,
         "fhirServer": config["fhirServer"],
         "fhirAuthorization": {
             "access_token": "sandbox",
@@ -205,11 +205,7 @@ def _order_sign(config: dict, *, prefetch: dict | None) -> dict:
             "scope": "patient/*.read",
             "subject": "cds-service-sandbox",
         },
-        "context": {
-            "userId": config["userId"],
-            "patientId": MAX_DICKI,
-            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]},
-        },
+        "context": context,
     }
     if prefetch is not None:
         body["prefetch"] = prefetch
@@ -330,19 +326,7 @@ def test_every_demonstration_fires_through_the_sandbox_fhir_endpoint_fetched_or_
         }
 
         def call(service_id: str, context: dict, prefetched: bool) -> tuple[list[str], set[str]]:
-            body = {
-                "hookInstance": str(uuid.uuid4()),
-                "hook": services[service_id]["hook"],
-                "fhirServer": config["fhirServer"],
-                "fhirAuthorization": {
-                    "access_token": "sandbox",
-                    "token_type": "Bearer",
-                    "expires_in": 3600,
-                    "scope": "patient/*.read",
-                    "subject": "cds-service-sandbox",
-                },
-                "context": context,
-            }
+            body = hook_request(config, services[service_id]["hook"], context, None)
             if prefetched:
                 resolved = session.post(
                     f"{base}/sandbox/api/prefetch",

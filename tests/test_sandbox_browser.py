@@ -103,6 +103,18 @@ def _open_patient(driver, base: str, patient_id: str, *, load: bool = True) -> N
     _wait(driver, lambda d: _css(d, '.call-status li[data-hook="patient-view"]'))
 
 
+def _use_services(driver, base: str, discovery_url: str, expect: str) -> None:
+    """Point the page at the CDS service whose discovery URL is given, as an engineer does."""
+    driver.get(f"{base}/sandbox/")
+    box = _wait(
+        driver, lambda d: next((x for x in _css(d, "#discovery-url") if x.get_attribute("value")), None)
+    )
+    box.clear()
+    box.send_keys(discovery_url)
+    _css(driver, "#load-services")[0].click()
+    _wait(driver, lambda d: expect in _css(d, "#services-summary")[0].text)
+
+
 def _sign(driver, query: str, choose: str) -> None:
     search = _css(driver, "#med-search")[0]
     search.clear()
@@ -240,14 +252,7 @@ def test_the_page_calls_a_cds_service_at_another_url(sandbox, browser, tmp_path)
     server = start_serve(port, tmp_path / "other")
     try:
         wait_ready(other)
-        browser.get(f"{base}/sandbox/")
-        url_box = _wait(
-            browser, lambda d: next((x for x in _css(d, "#discovery-url") if x.get_attribute("value")), None)
-        )
-        url_box.clear()
-        url_box.send_keys(f"{other}/cds-services")
-        _css(browser, "#load-services")[0].click()
-        _wait(browser, lambda d: "15 services" in _css(d, "#services-summary")[0].text)
+        _use_services(browser, base, f"{other}/cds-services", "15 services")
         _open_patient(browser, base, PATIENT, load=False)
         _sign(browser, "ibuprofen 200", "Ibuprofen 200 MG Oral Tablet")
         _critical_interaction_card(browser)
@@ -309,14 +314,7 @@ def test_a_card_from_another_service_cannot_run_script_in_the_page(sandbox, brow
     base, _ = sandbox
     hostile = _hostile_cds_service()
     try:
-        browser.get(f"{base}/sandbox/")
-        url_box = _wait(
-            browser, lambda d: next((x for x in _css(d, "#discovery-url") if x.get_attribute("value")), None)
-        )
-        url_box.clear()
-        url_box.send_keys(f"http://127.0.0.1:{hostile.server_port}/cds-services")
-        _css(browser, "#load-services")[0].click()
-        _wait(browser, lambda d: "1 service" in _css(d, "#services-summary")[0].text)
+        _use_services(browser, base, f"http://127.0.0.1:{hostile.server_port}/cds-services", "1 service")
         _open_patient(browser, base, PATIENT, load=False)
         card = _wait(
             browser,

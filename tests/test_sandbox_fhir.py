@@ -25,16 +25,6 @@ SYNTHEA = ROOT / "fhir" / "samples" / "synthea-r4"
 MAX_DICKI = "8008b382-91cc-468f-95e5-7d6982b7ebb9"  # warfarin, digoxin, verapamil; OTC naproxen in a note
 
 
-@pytest.fixture
-def sandbox_client(make_app, tmp_path):
-    setup = prepare(tmp_path / "data", "http://localhost")
-    # Everything `serve --sandbox` sets but CDS_CLIENTS: the test client has no HTTP server for the JWKS URL
-    # (test_round_trip_against_serve_with_the_sandbox covers trust over HTTP).
-    overrides = setup.settings_overrides(())
-    del overrides["CDS_CLIENTS"]
-    return make_app(**overrides).test_client()
-
-
 def _get(client, url, **kw):
     response = client.get(url, **kw)
     return response.status_code, response.get_json(force=True)
