@@ -97,7 +97,13 @@ def serve(host: str, port: int, workers: int, threads: int | None, sandbox: bool
                 err=True,
             )
 
-        setup = prepare(settings.data_dir, base, clients=settings.clients, audit_tokens=settings.audit_tokens)
+        setup = prepare(
+            settings.data_dir,
+            base,
+            clients=settings.clients,
+            audit_tokens=settings.audit_tokens,
+            listen_url=f"http://{shown_host}:{port}",
+        )
         # Workers read their settings from the environment: the sandbox's trust files are set there.
         os.environ.update(setup.settings_overrides(settings.fhir_allowed_servers))
         settings = _settings()

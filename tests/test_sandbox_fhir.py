@@ -250,3 +250,115 @@ def test_the_sandbox_does_not_spend_the_cds_clients_rate_limit(make_app, tmp_pat
     client = make_app(CDS_RATE_LIMIT_PER_MINUTE="3", **overrides).test_client()
     assert {client.get("/sandbox/fhir/metadata").status_code for _ in range(10)} == {200}
     assert [client.get("/cds-services").status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+# ---- found by a black-box review --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["date=9999-12-31", "date=9999", "date=0001-01-01T00:00%2B01:00", "date=le9999-12-31T23:59-01:00"],
+)
+def test_dates_at_the_ends_of_the_calendar_are_searched_not_crashed_on(sandbox_client, query):
+    status, body = _get(sandbox_client, f"/sandbox/fhir/Observation?subject=Patient/{MAX_DICKI}&{query}")
+    assert status == 200 and body["type"] == "searchset"
+
+
+def test_fractional_seconds_narrow_a_date_to_that_instant(sandbox_client):
+    _, labs = _get(sandbox_client, f"/sandbox/fhir/Observation?subject=Patient/{MAX_DICKI}&_count=1")
+    when = labs["entry"][0]["resource"]["effectiveDateTime"]  # whole seconds, e.g. ...T04:55:29+00:00
+    seconds, zone = when[:19], when[19:]
+    _, whole = _get(
+        sandbox_client,
+        f"/sandbox/fhir/Observation?subject=Patient/{MAX_DICKI}&date={seconds}{zone}".replace("+", "%2B"),
+    )
+    _, later = _get(
+        sandbox_client,
+        f"/sandbox/fhir/Observation?subject=Patient/{MAX_DICKI}&date={seconds}.123{zone}".replace("+", "%2B"),
+    )
+    # eq: the search range (that millisecond) must contain the value's range (its whole second): none does
+    assert whole["total"] >= 1 and later["total"] == 0
+
+
+def test_empty_results_have_no_empty_entry_array(sandbox_client):
+    _, body = _get(sandbox_client, "/sandbox/fhir/Patient?gender=nope")
+    assert body["total"] == 0 and "entry" not in body  # FHIR JSON allows no empty arrays
+
+
+def test_string_exact_matches_any_name_part_and_sort_by_name_is_by_family(sandbox_client):
+    _, exact = _get(sandbox_client, "/sandbox/fhir/Patient?name:exact=Sandbox&_count=100")
+    _, family = _get(sandbox_client, "/sandbox/fhir/Patient?family:exact=Sandbox&_count=100")
+    assert exact["total"] == family["total"] > 0
+    _, lower = _get(sandbox_client, "/sandbox/fhir/Patient?name:exact=sandbox")
+    assert lower["total"] == 0  # exact: case counts
+    _, everyone = _get(sandbox_client, "/sandbox/fhir/Patient?_sort=name&_count=1000")
+    families = [e["resource"]["name"][0]["family"].lower() for e in everyone["entry"]]
+    assert families == sorted(families)
+
+
+def test_absolute_references_match_only_on_this_server(sandbox_client):
+    relative = f"/sandbox/fhir/Observation?subject=Patient/{MAX_DICKI}"
+    _, here = _get(sandbox_client, relative)
+    _, own = _get(
+        sandbox_client, f"/sandbox/fhir/Observation?subject=http://localhost/sandbox/fhir/Patient/{MAX_DICKI}"
+    )
+    _, elsewhere = _get(
+        sandbox_client,
+        f"/sandbox/fhir/Observation?subject=https://elsewhere.example/fhir/Patient/{MAX_DICKI}",
+    )
+    assert own["total"] == here["total"] > 0 and elsewhere["total"] == 0
+
+
+def test_result_parameters_not_applied_are_said_and_modifiers_are_checked_per_type(sandbox_client):
+    _, body = _get(
+        sandbox_client,
+        f"/sandbox/fhir/Condition?subject=Patient/{MAX_DICKI}&_summary=true&_include:iterate=Condition:subject",
+    )
+    said = {i["expression"][0] for i in body["entry"][-1]["resource"]["issue"]}
+    assert said == {"_summary", "_include:iterate"}
+    status, body = _get(sandbox_client, "/sandbox/fhir/Observation?code:exact=1234-5")
+    assert status == 400 and body["issue"][0]["expression"] == ["code:exact"]
+
+
+def test_the_pages_backend_is_same_origin_and_answers_only_at_its_own_address(sandbox_client):
+    evil = {"Origin": "https://evil.example"}
+    config = sandbox_client.get("/sandbox/api/config", headers=evil)
+    assert "Access-Control-Allow-Origin" not in config.headers  # a page elsewhere cannot read the audit token
+    fhir = sandbox_client.get("/sandbox/fhir/metadata", headers=evil)
+    assert fhir.headers["Access-Control-Allow-Origin"] in (
+        "*",
+        "https://evil.example",
+    )  # the FHIR server is open
+    plain = sandbox_client.post(
+        "/sandbox/api/token", data='{"aud": "http://localhost/cds-services"}', content_type="text/plain"
+    )
+    assert plain.status_code == 415  # no "simple" cross-site POST gets a JWT signed
+    rebound = sandbox_client.get("/sandbox/api/config", headers={"Host": "attacker.example:8080"})
+    assert rebound.status_code == 403 and rebound.get_json()["issue"][0]["expression"] == ["Host"]
+    assert (
+        sandbox_client.get("/sandbox/fhir/metadata", headers={"Host": "attacker.example:8080"}).status_code
+        == 200
+    )
+    preflight = sandbox_client.options(
+        "/audit/decisions",
+        headers={
+            "Origin": "https://auditor.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 200  # an auditor's browser tool may ask; the token is still required
+
+
+def test_prefetch_resolution_refuses_what_the_fhir_server_would(sandbox_client):
+    context = {"userId": "Practitioner/x", "patientId": MAX_DICKI}
+    templates = {
+        "type": "{{context.patientId}}",
+        "slash": "Patient/",
+        "empty": "?x=1",
+        "read": "Patient/{{context.patientId}}?x=1",
+    }
+    out = sandbox_client.post(
+        "/sandbox/api/prefetch", json={"prefetch": templates, "context": context}
+    ).get_json()["prefetch"]
+    assert all(out[k]["value"] is None and out[k]["problem"] for k in templates), out

@@ -32,6 +32,8 @@ PAGE_MAX = 1000
 
 @audit_api.before_request
 def _auditor() -> None:
+    if request.method == "OPTIONS":  # a CORS preflight carries no credentials; flask-cors answers it
+        return
     tokens: AuditorTokens = current_app.extensions["cds_runtime"].auditors
     if not tokens.enabled:
         raise NotFound("the audit API is not enabled (set CDS_AUDIT_TOKENS)")

@@ -50,6 +50,9 @@ def create_app(
     app.extensions["cds_runtime"] = runtime if runtime is not None else Runtime.load(settings, strict=strict)
     CORS(
         app,
+        # Everything but the sandbox page's own backend (its JSON API mints trusted JWTs and hands out the
+        # sandbox auditor token: same origin only). The sandbox FHIR server and JWKS stay open to browsers.
+        resources={r"^/(?!sandbox(?:/api/|/pdca|/static/|/?$)).*": {}},
         origins=list(settings.cors_origins),
         allow_headers=["Authorization", "Content-Type", "Prefer"],
         methods=["GET", "POST", "OPTIONS"],

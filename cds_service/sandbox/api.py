@@ -8,6 +8,7 @@ Everything here is the sandbox's, never the CDS service's: the page calls the se
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -16,12 +17,13 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 from marshmallow import ValidationError
 
 from ..ehr.prefetch import OnUnavailable, PrefetchTemplate, token_root
-from ..errors import FieldErrors, InvalidRequest, NotFound
+from ..errors import FieldErrors, HttpError, InvalidRequest, NotFound, UnsupportedMediaType
 from ..json_input import parse_json
 from ..protocol.schemas import CdsResponseSchema
 from ..protocol.security_headers import relaxed_headers
 from .chart import chart_summary, demographics
 from .fhir_api import fhir_base, searchset
+from .search import PARAMETERS
 
 sandbox_api = Blueprint("sandbox_api", __name__, url_prefix="/sandbox")
 STATIC = Path(__file__).parent / "static"
@@ -30,6 +32,7 @@ PAGE_CSP = (
     "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
 SANDBOX_USER = "Practitioner/sandbox-clinician"
+_RELATIVE_URL = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})(?:/(?P<id>[A-Za-z0-9\-.]{1,64}))?$")
 MAX_MEDICATIONS = 50
 _response_schema = CdsResponseSchema()
 
@@ -47,7 +50,24 @@ def _base() -> str:
     return settings.public_base_url.rstrip("/") or request.url_root.rstrip("/")
 
 
+@sandbox_api.before_request
+def _only_at_its_own_address() -> None:
+    """The page's backend answers only under the names the sandbox was set up with (and loopback): a web
+    page elsewhere that rebinds its own host name to this address must not read the auditor token or have
+    JWTs signed (DNS rebinding)."""
+    allowed = _sandbox().client.hosts
+    if request.host.lower() not in allowed:
+        raise HttpError(
+            403,
+            f"the sandbox answers only at {', '.join(sorted(allowed))}; "
+            "to reach it by another name, set CDS_PUBLIC_BASE_URL",
+            expression="Host",
+        )
+
+
 def _body() -> dict:
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("send JSON (Content-Type: application/json)", expression="Content-Type")
     body = parse_json(request.get_data(cache=False))
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", expression="body")
@@ -182,17 +202,20 @@ def prefetch():
             out[key] = {**entry, "problem": "a token of the template resolves to nothing in this context"}
             continue
         path, _, query = url.partition("?")
-        parts = path.strip("/").split("/")
+        match = _RELATIVE_URL.match(path)
         try:
-            if not query and len(parts) == 2:
-                entry["value"] = store.read(parts[0], parts[1])
+            if match is None or match["type"] not in PARAMETERS:
+                entry["problem"] = f"{path!r} is not a read or a search of a type this sandbox serves"
+            elif match["id"] is not None and not query:
+                entry["value"] = store.read(match["type"], match["id"])
                 if entry["value"] is None:
                     entry["problem"] = f"{path} is not in the sandbox"
-            elif len(parts) == 1:
+            elif match["id"] is None:
                 params = parse_qsl(query, keep_blank_values=True)
-                entry["value"] = searchset(store.search(parts[0], params), params, base)
+                result = store.search(match["type"], params, base=base)
+                entry["value"] = searchset(result, params, base)
             else:
-                entry["problem"] = "not a read or a type search"
+                entry["problem"] = "a read takes no parameters"
         except InvalidRequest as exc:
             entry["problem"] = exc.diagnostics
         out[key] = entry

@@ -114,7 +114,7 @@ def search_post(resource_type: str):
 def _search(resource_type: str, params: list[tuple[str, str]]):
     _known_type(resource_type)
     strict = "handling=strict" in request.headers.get("Prefer", "").replace(" ", "")
-    result = _store().search(resource_type, params, strict=strict)
+    result = _store().search(resource_type, params, strict=strict, base=fhir_base())
     return _answer(searchset(result, params, fhir_base()))
 
 
@@ -149,13 +149,10 @@ def searchset(result: SearchResult, params: list[tuple[str, str]], base: str) ->
                 "search": {"mode": "outcome"},
             }
         )
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": result.total,
-        "link": link,
-        "entry": entry,
-    }
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": link}
+    if entry:  # FHIR JSON has no empty arrays
+        bundle["entry"] = entry
+    return bundle
 
 
 def _offset(offset: int) -> list[tuple[str, str]]:

@@ -163,10 +163,16 @@ PARAMETERS: dict[str, dict[str, tuple[str, str]]] = {
     "Claim": {"patient": ("patient", "Claim.patient")},
     "ExplanationOfBenefit": {"patient": ("patient", "ExplanationOfBenefit.patient")},
 }
-# Result parameters this endpoint understands (others are ignored and said).
-RESULT_PARAMETERS = {"_count", "_getpagesoffset", "_sort", "_include", "_summary", "_format", "_total"}
-# Modifiers that leave matching unchanged; any other modifier is refused (R4: SHALL reject unsupported).
-SUPPORTED_MODIFIERS = {"", "exact", "missing"}
+# Result parameters this endpoint applies; other values of _summary and _format, and other result
+# parameters (_elements, _revinclude, _include:iterate ...), are ignored and said like unknown parameters.
+RESULT_PARAMETERS = {"_count", "_getpagesoffset", "_sort", "_include", "_total"}
+APPLIED_VALUES = {
+    "_summary": {"count", "false"},
+    "_format": {"json", "application/json", "application/fhir+json"},
+}
+# Modifiers per parameter type (R4: a server SHALL reject a modifier it does not support).
+SUPPORTED_MODIFIERS = {"string": {"", "exact", "missing"}}
+DEFAULT_MODIFIERS = {"", "missing"}
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
 
@@ -253,49 +259,84 @@ def _reference_match(value, wanted: str, *, patient_only: bool = False) -> bool:
     return ref == wanted or ref.endswith("/" + "/".join(wanted.split("/")[-2:])) or wanted.endswith("/" + ref)
 
 
-def _string_match(value, wanted: str) -> bool:
-    wanted = wanted.lower()
+def _string_parts(value) -> list[str]:
     if isinstance(value, str):
-        return value.lower().startswith(wanted)
-    if isinstance(value, dict):  # HumanName: any of its parts
+        return [value]
+    if isinstance(value, dict):  # HumanName (or Address): any of its parts
         parts = [value.get("text"), value.get("family"), *(value.get("given") or [])]
-        return any(isinstance(p, str) and p.lower().startswith(wanted) for p in parts)
-    return False
+        return [p for p in parts if isinstance(p, str)]
+    return []
+
+
+def _string_match(value, wanted: str, *, exact: bool = False) -> bool:
+    """R4 string search: starts with, ignoring case; `:exact`: equal, case and accents included."""
+    if exact:
+        return wanted in _string_parts(value)
+    return any(p.lower().startswith(wanted.lower()) for p in _string_parts(value))
 
 
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _DATE_VALUE = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
 
 
 def date_range(text: str) -> tuple[datetime, datetime] | None:
     """The instant range [start, end) a FHIR date, dateTime or instant stands for, by its precision (UTC;
-    a value without a zone is read as UTC)."""
+    a value without a zone is read as UTC). Ranges reaching past year 9999 or before year 1 are clamped."""
     match = _DATE_VALUE.match(text.strip())
     if not match:
         return None
-    year, month, day, hour, minute, second, zone = match.groups()
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    y = int(year)
     try:
         if month is None:
-            start = datetime(int(year), 1, 1, tzinfo=UTC)
-            return start, datetime(int(year) + 1, 1, 1, tzinfo=UTC)
+            start, end = datetime(y, 1, 1, tzinfo=UTC), _day_after(datetime(y, 12, 31, tzinfo=UTC))
+            return start, end
+        m = int(month)
         if day is None:
-            start = datetime(int(year), int(month), 1, tzinfo=UTC)
-            nxt = datetime(int(year) + (int(month) == 12), int(month) % 12 + 1, 1, tzinfo=UTC)
-            return start, nxt
+            start = datetime(y, m, 1, tzinfo=UTC)
+            return start, _LATEST if (y, m) == (9999, 12) else datetime(
+                y + (m == 12), m % 12 + 1, 1, tzinfo=UTC
+            )
         if hour is None:
-            start = datetime(int(year), int(month), int(day), tzinfo=UTC)
-            return start, start + timedelta(days=1)
+            start = datetime(y, m, int(day), tzinfo=UTC)
+            return start, _day_after(start)
         tz = UTC
         if zone and zone != "Z":
             sign = 1 if zone[0] == "+" else -1
             tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        start = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=tz)
-        step = timedelta(seconds=1) if second is not None else timedelta(minutes=1)
-        return start.astimezone(UTC), (start + step).astimezone(UTC)
+        digits = (fraction or "")[:6]
+        micro = int(digits.ljust(6, "0")) if digits else 0
+        start = datetime(y, m, int(day), int(hour), int(minute), int(second or 0), micro, tzinfo=tz)
+        if digits:  # .123 stands for that millisecond, not the whole second
+            step = timedelta(microseconds=10 ** (6 - len(digits)))
+        else:
+            step = timedelta(seconds=1) if second is not None else timedelta(minutes=1)
+        low = _utc(start)
+        try:
+            return low, _utc(start + step)
+        except OverflowError:
+            return low, _LATEST
     except ValueError:
         return None
+
+
+def _utc(moment: datetime) -> datetime:
+    """In UTC; a moment whose UTC time falls before year 1 or after 9999 becomes that end of the calendar."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return _EARLIEST if moment.year == 1 else _LATEST
+
+
+def _day_after(day: datetime) -> datetime:
+    try:
+        return day + timedelta(days=1)
+    except OverflowError:  # 9999-12-31
+        return _LATEST
 
 
 def _target_range(value) -> tuple[datetime, datetime] | None:
@@ -304,8 +345,8 @@ def _target_range(value) -> tuple[datetime, datetime] | None:
         end = date_range(str(value["end"])) if value.get("end") else None
         if start is None and end is None:
             return None
-        low = start[0] if start else datetime.min.replace(tzinfo=UTC)
-        high = end[1] if end else datetime.max.replace(tzinfo=UTC)
+        low = start[0] if start else _EARLIEST
+        high = end[1] if end else _LATEST
         return low, high
     if isinstance(value, str | date) or value is not None:
         return date_range(str(value))
@@ -367,20 +408,23 @@ class Criterion:
         if kind == "date":
             return _date_match(value, *wanted)
         if kind == "string":
-            return (value == wanted) if self.modifier == "exact" else _string_match(value, wanted)
+            return _string_match(value, wanted, exact=self.modifier == "exact")
         return False
 
 
 def parse_criteria(
-    resource_type: str, params: Iterable[tuple[str, str]], *, strict: bool
+    resource_type: str, params: Iterable[tuple[str, str]], *, strict: bool, base: str | None = None
 ) -> tuple[list[Criterion], list[str]]:
-    """The criteria of a search, and the parameters ignored (unknown ones, when not strict)."""
+    """The criteria of a search, and the parameters ignored (unknown ones, when not strict). `base` is this
+    server's base URL: an absolute reference elsewhere matches nothing here."""
     criteria, ignored = [], []
     for raw_name, raw_value in params:
         name, _, modifier = raw_name.partition(":")
-        if name in RESULT_PARAMETERS or name.startswith("_format"):
+        if raw_name in RESULT_PARAMETERS:
             continue
-        param = parameter(resource_type, name)
+        if name in APPLIED_VALUES and raw_name == name and raw_value in APPLIED_VALUES[name]:
+            continue
+        param = parameter(resource_type, name) if not name.startswith("_") or name in _COMMON else None
         if param is None:
             if strict:
                 raise InvalidRequest(
@@ -388,8 +432,11 @@ def parse_criteria(
                 )
             ignored.append(raw_name)
             continue
-        if modifier not in SUPPORTED_MODIFIERS:
-            raise InvalidRequest(f"search modifier :{modifier} is not supported", expression=raw_name)
+        if modifier not in SUPPORTED_MODIFIERS.get(param.kind, DEFAULT_MODIFIERS):
+            raise InvalidRequest(
+                f"search modifier :{modifier} is not supported on {param.kind} parameters",
+                expression=raw_name,
+            )
         values = [v for v in raw_value.split(",") if v != ""]
         if not values:
             raise InvalidRequest(f"search parameter {name} has no value", expression=raw_name)
@@ -398,8 +445,20 @@ def parse_criteria(
                 raise InvalidRequest(f"{raw_name} must be true or false", expression=raw_name)
         elif param.kind == "date":
             values = [_date_criterion(raw_name, v) for v in values]
+        elif param.kind in ("reference", "patient"):
+            values = [_local_reference(v, base) for v in values]
         criteria.append(Criterion(param, modifier, tuple(values)))
     return criteria, ignored
+
+
+def _local_reference(value: str, base: str | None) -> str:
+    """`http://this-server/fhir/Patient/1` -> `Patient/1`; an absolute URL of another server can match no
+    local resource (R4 §References), so it becomes a reference that nothing holds."""
+    if not value.startswith(("http://", "https://")):
+        return value
+    if base and value.startswith(base.rstrip("/") + "/"):
+        return value[len(base.rstrip("/")) + 1 :]
+    return "\x00elsewhere/\x00"
 
 
 def _date_criterion(name: str, value: str) -> tuple[str, tuple[datetime, datetime]]:
@@ -409,6 +468,20 @@ def _date_criterion(name: str, value: str) -> tuple[str, tuple[datetime, datetim
     if window is None:
         raise InvalidRequest(f"{name}: {value!r} is not a FHIR date, dateTime or instant", expression=name)
     return prefix, window
+
+
+def _sort_text(value) -> str:
+    """What a value sorts by: a name by family then given names, a concept by its first code (then text),
+    a reference by itself; never Python's text of a dict."""
+    if isinstance(value, dict):
+        if "family" in value or "given" in value:
+            return " ".join([str(value.get("family") or ""), *map(str, value.get("given") or [])]).lower()
+        codings = value.get("coding") if isinstance(value.get("coding"), list) else [value]
+        for coding in codings:
+            if isinstance(coding, dict) and (coding.get("code") or coding.get("value")):
+                return str(coding.get("code") or coding.get("value"))
+        return str(value.get("text") or value.get("reference") or value.get("display") or "")
+    return str(value).lower() if isinstance(value, str) else str(value)
 
 
 def sort_key(resource_type: str, spec: str) -> tuple[Callable[[dict], tuple], bool]:
@@ -427,6 +500,6 @@ def sort_key(resource_type: str, spec: str) -> tuple[Callable[[dict], tuple], bo
         if param.kind == "date":
             window = _target_range(found[0])
             return (0, window[0].isoformat() if window else "")
-        return (0, str(found[0]))
+        return (0, _sort_text(found[0]))
 
     return key, descending

@@ -72,9 +72,14 @@ class SandboxStore:
         return list(self._by_patient.get((resource_type, patient_id), ()))
 
     def search(
-        self, resource_type: str, params: list[tuple[str, str]], *, strict: bool = False
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        strict: bool = False,
+        base: str | None = None,
     ) -> SearchResult:
-        criteria, ignored = parse_criteria(resource_type, params, strict=strict)
+        criteria, ignored = parse_criteria(resource_type, params, strict=strict, base=base)
         options = dict(p for p in params if p[0] in ("_count", "_getpagesoffset", "_sort", "_summary"))
         count = _int_param(options, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
         offset = _int_param(options, "_getpagesoffset", 0, 0, 10**9)
@@ -96,7 +101,7 @@ class SandboxStore:
     def _candidates(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict]:
         """Start from one patient's resources when the search names one patient (the usual prefetch)."""
         for name, value in params:
-            if name in ("subject", "patient") and "," not in value:
+            if name in ("subject", "patient") and "," not in value and "://" not in value:
                 pid = value.rsplit("/", 1)[-1]
                 if "/" not in value or value.split("/")[-2] == "Patient":
                     return self.patient_resources(pid, resource_type)

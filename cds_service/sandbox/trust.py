@@ -9,7 +9,7 @@
   (``<base>/sandbox/.well-known/jwks.json``), plus every client of the operator's own ``CDS_CLIENTS``;
 - ``auditor-tokens`` and ``auditor-token``: a sandbox auditor token (the hash in the ``CDS_AUDIT_TOKENS``
   file, with the operator's own lines; the token itself 0600 for the page to read the decision log);
-- ``sandbox.json``: issuer, JWKS URL and FHIR base, which every worker reads.
+- ``sandbox.json``: issuer, JWKS URL, FHIR base and listening address, which every worker reads.
 
 The service verifies the sandbox's tokens like any other client's: it fetches the JWKS from the URL in
 ``CDS_CLIENTS``, never from the token's ``jku``.
@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,9 +100,12 @@ class SandboxSetup:
         }
 
 
-def prepare(data_dir: Path, base_url: str, *, clients: str = "", audit_tokens: str = "") -> SandboxSetup:
-    """Write the sandbox's trust files for a service reached at `base_url`; `clients` and `audit_tokens` are
-    the operator's own CDS_CLIENTS and CDS_AUDIT_TOKENS files, kept in the merged files."""
+def prepare(
+    data_dir: Path, base_url: str, *, clients: str = "", audit_tokens: str = "", listen_url: str = ""
+) -> SandboxSetup:
+    """Write the sandbox's trust files for a service reached at `base_url` (and listening at `listen_url`,
+    when that differs); `clients` and `audit_tokens` are the operator's own CDS_CLIENTS and CDS_AUDIT_TOKENS
+    files, kept in the merged files."""
     directory = sandbox_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     base = base_url.rstrip("/")
@@ -118,9 +122,28 @@ def prepare(data_dir: Path, base_url: str, *, clients: str = "", audit_tokens: s
     tokens_file = directory / "auditor-tokens"
     _write_private(tokens_file, "\n".join([*lines, f"{AUDITOR_NAME}:{token_hash(token)}"]) + "\n")
     _write_private(directory / "auditor-token", token)
-    config = {"issuer": issuer, "jwksUrl": jwks_url, "fhirServer": fhir_server}
+    config = {
+        "issuer": issuer,
+        "jwksUrl": jwks_url,
+        "fhirServer": fhir_server,
+        "listenUrl": listen_url or base,
+    }
     _write_private(directory / "sandbox.json", json.dumps(config, indent=2) + "\n")
     return SandboxSetup(directory, issuer, jwks_url, fhir_server, clients_file, tokens_file)
+
+
+def _hosts(issuer: str, listen_url: str) -> frozenset[str]:
+    """The Host header values the sandbox answers to: its base URL's, its listening address's, and the
+    loopback names with each one's port."""
+    hosts = set()
+    for url in (issuer, listen_url):
+        parts = urlsplit(url) if url else None
+        if parts and parts.hostname:
+            hosts.add(parts.netloc.lower())
+            port = parts.port
+            for name in ("127.0.0.1", "localhost", "[::1]"):
+                hosts.add(f"{name}:{port}" if port else name)
+    return frozenset(hosts)
 
 
 class SandboxClient:
@@ -132,6 +155,7 @@ class SandboxClient:
         self.jwks_url: str = config["jwksUrl"]
         self.fhir_server: str = config["fhirServer"]
         self.clients_file = directory / "cds-clients.json"
+        self.hosts = _hosts(self.issuer, config.get("listenUrl", ""))
         jwk = _ensure_key(directory)
         self.kid = jwk["kid"]
         self._key = ECAlgorithm.from_jwk(json.dumps(jwk))
