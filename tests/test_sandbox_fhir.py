@@ -73,16 +73,18 @@ def test_each_synthea_chart_ends_yesterday_with_intervals_kept_and_references_re
     assert not any("urn:uuid:" in json.dumps(r) for r in moved if r["resourceType"] != "Patient")
 
 
-def test_sample_bundles_are_put_transactions_of_every_chart():
+def test_sample_bundles_load_as_put_transactions_of_every_chart():
+    from cds_service.sandbox.loading import as_transaction
+
     bundles = sample_bundles(ROOT / "fhir", date(2026, 12, 2))
     assert len(bundles) >= len(list(SYNTHEA.glob("*.json")))
-    name, bundle = bundles[0]
-    assert bundle["type"] == "transaction"
-    assert all(e["request"]["method"] == "PUT" for e in bundle["entry"])
-    assert all(
-        e["request"]["url"] == f"{e['resource']['resourceType']}/{e['resource']['id']}"
-        for e in bundle["entry"]
-    )
+    for _, bundle in bundles:
+        transaction = as_transaction(bundle)
+        assert len(transaction["entry"]) == len(bundle["entry"])  # every resource, each under its own id
+        assert all(
+            e["request"] == {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"}
+            for e in transaction["entry"]
+        )
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,11 @@ def texts_of(concept) -> list[str]:
     return [t for t in out if isinstance(t, str) and t]
 
 
+def age_in_years(birth: date, today: date) -> int:
+    """Completed years of life on `today`."""
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
 def name_of(concept, fallback: str = "unnamed") -> str:
     texts = texts_of(concept)
     return texts[0] if texts else fallback
@@ -309,12 +314,7 @@ class Facts:
 
     @property
     def age(self) -> int | None:
-        if self.birth_date is None:
-            return None
-        years = self.today.year - self.birth_date.year
-        if (self.today.month, self.today.day) < (self.birth_date.month, self.birth_date.day):
-            years -= 1
-        return years
+        return age_in_years(self.birth_date, self.today) if self.birth_date is not None else None
 
     @cached_property  # read by most rules, once per draft order: computed once per call
     def active_medications(self) -> tuple[Medication, ...]:

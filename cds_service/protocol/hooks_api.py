@@ -31,10 +31,14 @@ def _registry(rt: Runtime) -> ServiceRegistry:
     return rt.registry
 
 
+def service_base_url() -> str:
+    """The service's base URL as its clients see it: CDS_PUBLIC_BASE_URL, else this request's own root."""
+    return _runtime().settings.public_base_url.rstrip("/") or request.url_root.rstrip("/")
+
+
 def _authenticate(rt: Runtime, path: str) -> ClientIdentity:
     """The client's JWT, checked against `aud` = the URL of this endpoint as the client sees it."""
-    base = rt.settings.public_base_url.rstrip("/") or request.url_root.rstrip("/")
-    return rt.authenticator.authenticate(request.headers.get("Authorization"), base + path)
+    return rt.authenticator.authenticate(request.headers.get("Authorization"), service_base_url() + path)
 
 
 def _json_body():

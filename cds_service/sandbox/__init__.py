@@ -7,6 +7,7 @@ the page, and serves synthetic charts without authentication.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +30,6 @@ class Sandbox:
 
 
 def _products(fhir_dir) -> list[dict]:
-    import json
-
     path = fhir_dir / "terminology" / "maps" / "rxnorm-products-to-ingredients.json"
     resource = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     seen, out = set(), []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -19,6 +20,7 @@ from marshmallow import ValidationError
 from ..ehr.prefetch import OnUnavailable, PrefetchTemplate, token_root
 from ..errors import FieldErrors, HttpError, InvalidRequest, NotFound, UnsupportedMediaType
 from ..json_input import parse_json
+from ..protocol.hooks_api import service_base_url
 from ..protocol.schemas import CdsResponseSchema
 from ..protocol.security_headers import relaxed_headers
 from .chart import chart_summary, demographics
@@ -43,11 +45,6 @@ def _sandbox():
 
 def _today():
     return datetime.now().astimezone().date()
-
-
-def _base() -> str:
-    settings = current_app.extensions["cds_runtime"].settings
-    return settings.public_base_url.rstrip("/") or request.url_root.rstrip("/")
 
 
 @sandbox_api.before_request
@@ -119,7 +116,7 @@ def jwks():
 @sandbox_api.get("/api/config")
 def config():
     client = _sandbox().client
-    base = _base()
+    base = service_base_url()
     return jsonify(
         {
             "fhirServer": client.fhir_server,
@@ -178,6 +175,12 @@ def medications():
     return jsonify({"medications": found[:limit]})
 
 
+@lru_cache(maxsize=512)
+def _template(text: str) -> PrefetchTemplate:
+    """Compiled once per text: the page asks for every discovered service's templates on each call."""
+    return PrefetchTemplate.compile("sandbox", text, OnUnavailable.SKIP)
+
+
 @sandbox_api.post("/api/prefetch")
 def prefetch():
     """Each template rendered from the context and run against the sandbox FHIR data, as an EHR prefetches."""
@@ -192,7 +195,7 @@ def prefetch():
     for key, text in templates.items():
         entry: dict = {"template": text, "url": None, "value": None}
         try:
-            template = PrefetchTemplate.compile(key, text, OnUnavailable.SKIP)
+            template = _template(text)
         except ValueError as exc:
             out[key] = {**entry, "problem": str(exc)}
             continue

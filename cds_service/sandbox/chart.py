@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from ..clinical.facts import age_in_years, name_of
 from ..ehr.documents import read_documents
 from .store import SandboxStore
 
@@ -13,18 +14,14 @@ MAX_NOTE_CHARS = 4000
 
 
 def concept_text(concept) -> str:
-    if not isinstance(concept, dict):
-        return ""
-    if concept.get("text"):
-        return str(concept["text"])
-    for coding in concept.get("coding") or []:
-        if isinstance(coding, dict) and (coding.get("display") or coding.get("code")):
-            return str(coding.get("display") or coding.get("code"))
-    return ""
+    """Its text or first display, else its first code (a chart shows what it has)."""
+    return name_of(concept, _code(concept))
 
 
 def _code(concept) -> str:
-    for coding in (concept or {}).get("coding") or []:
+    if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
+        return ""
+    for coding in concept["coding"]:
         if isinstance(coding, dict) and coding.get("code"):
             return str(coding["code"])
     return ""
@@ -42,10 +39,9 @@ def person_name(patient: dict) -> str:
 
 def age_on(birth: str | None, today: date) -> int | None:
     try:
-        born = date.fromisoformat(str(birth)[:10])
+        return age_in_years(date.fromisoformat(str(birth)[:10]), today)
     except (TypeError, ValueError):
         return None
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 def demographics(patient: dict, today: date) -> dict:

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, json, request
 
 from .. import __version__
 from ..errors import InvalidRequest, NotFound
+from ..protocol.hooks_api import service_base_url
 from .search import PARAMETERS, search_parameters, supported_types
 from .store import SandboxStore, SearchResult
 
@@ -27,8 +28,7 @@ def _store() -> SandboxStore:
 
 
 def fhir_base() -> str:
-    settings = current_app.extensions["cds_runtime"].settings
-    return (settings.public_base_url.rstrip("/") or request.url_root.rstrip("/")) + "/sandbox/fhir"
+    return service_base_url() + "/sandbox/fhir"
 
 
 def _answer(body: dict, status: int = 200) -> Response:
@@ -114,8 +114,9 @@ def search_post(resource_type: str):
 def _search(resource_type: str, params: list[tuple[str, str]]):
     _known_type(resource_type)
     strict = "handling=strict" in request.headers.get("Prefer", "").replace(" ", "")
-    result = _store().search(resource_type, params, strict=strict, base=fhir_base())
-    return _answer(searchset(result, params, fhir_base()))
+    base = fhir_base()
+    result = _store().search(resource_type, params, strict=strict, base=base)
+    return _answer(searchset(result, params, base))
 
 
 def searchset(result: SearchResult, params: list[tuple[str, str]], base: str) -> dict:

@@ -223,18 +223,11 @@ def sample_charts(fhir_dir: Path, today: date | None = None) -> list[SampleChart
 
 
 def sample_bundles(fhir_dir: Path, today: date | None = None) -> list[tuple[str, dict]]:
-    """The sample charts as transaction Bundles (PUT by id), named by their source: what `cds-service fhir
-    load` sends to another FHIR server so it serves the same charts as the sandbox."""
+    """The sample charts as collection Bundles, named by their source: what `cds-service fhir load` turns
+    into transactions so another FHIR server serves the same charts as the sandbox."""
     out = []
     for chart in sample_charts(fhir_dir, today):
-        entries = [
-            {
-                "resource": r,
-                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-            }
-            for r in chart.resources
-            if r.get("resourceType") and r.get("id")
-        ]
         name = chart.source if chart.origin == "synthea" else f"{chart.source}#{chart.patient_id}"
-        out.append((name, {"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+        entries = [{"resource": r} for r in chart.resources]
+        out.append((name, {"resourceType": "Bundle", "type": "collection", "entry": entries}))
     return out
