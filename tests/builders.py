@@ -15,6 +15,16 @@ def searchset(resources: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
+def _medication_keys(by_type: dict[str, list[dict]]) -> dict[str, dict]:
+    """The medication prefetch keys of both services: orders, statements, fills, administrations."""
+    return {
+        "medications": searchset(by_type.get("MedicationRequest", [])),
+        "statements": searchset(by_type.get("MedicationStatement", [])),
+        "dispenses": searchset(by_type.get("MedicationDispense", [])),
+        "administrations": searchset(by_type.get("MedicationAdministration", [])),
+    }
+
+
 def _by_type(case: dict, today: date | None) -> tuple[dict[str, list[dict]], list[dict]]:
     resources, drafts = CaseBuilder(today or date.today()).build(case)
     by_type: dict[str, list[dict]] = {}
@@ -26,14 +36,25 @@ def _by_type(case: dict, today: date | None) -> tuple[dict[str, list[dict]], lis
 def order_sign(
     case: dict,
     *,
-    prefetch_keys=("patient", "medications", "allergies", "conditions", "labs", "notes", "reports"),
+    prefetch_keys=(
+        "patient",
+        "medications",
+        "statements",
+        "dispenses",
+        "administrations",
+        "allergies",
+        "conditions",
+        "labs",
+        "notes",
+        "reports",
+    ),
     today: date | None = None,
     **envelope,
 ) -> dict:
     by_type, drafts = _by_type(case, today)
     full = {
         "patient": by_type["Patient"][0],
-        "medications": searchset(by_type.get("MedicationRequest", [])),
+        **_medication_keys(by_type),
         "allergies": searchset(by_type.get("AllergyIntolerance", [])),
         "conditions": searchset(by_type.get("Condition", [])),
         "labs": searchset(by_type.get("Observation", [])),
@@ -64,6 +85,9 @@ def patient_view(
     prefetch_keys=(
         "patient",
         "medications",
+        "statements",
+        "dispenses",
+        "administrations",
         "medicationHistory",
         "conditions",
         "observations",
@@ -80,7 +104,7 @@ def patient_view(
     by_type, _ = _by_type(case, today)
     full = {
         "patient": by_type["Patient"][0],
-        "medications": searchset(by_type.get("MedicationRequest", [])),
+        **_medication_keys(by_type),
         "medicationHistory": searchset(by_type.get("MedicationRequest", [])),
         "conditions": searchset(by_type.get("Condition", [])),
         "observations": searchset(by_type.get("Observation", [])),

@@ -524,7 +524,7 @@ def hook_body(service, case: dict, name: str) -> dict | None:
     today = case.get("today")
     today = date.fromisoformat(today) if isinstance(today, str) else today or date.today()
     resources, drafts = CaseBuilder(today).build(case)
-    if drafts and service.hook != "order-sign":
+    if drafts and service.hook not in ("order-select", "order-sign"):
         return None
     by_type: dict[str, list[dict]] = {}
     for r in resources:
@@ -537,12 +537,14 @@ def hook_body(service, case: dict, name: str) -> dict | None:
         else:
             prefetch[template.key] = searchset(found)
     context: dict[str, Any] = {"userId": USER, "patientId": PATIENT_ID}
-    if service.hook == "order-sign":
+    if service.hook in ("order-select", "order-sign"):
         context["draftOrders"] = {
             "resourceType": "Bundle",
             "type": "collection",
             "entry": [{"resource": d} for d in drafts],
         }
+    if service.hook == "order-select":  # the case's selections, else every draft (as the rule cases)
+        context["selections"] = case.get("selections") or [f"{d['resourceType']}/{d['id']}" for d in drafts]
     return {
         "hook": service.hook,
         "hookInstance": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),  # stable: reproducible bodies
@@ -743,7 +745,8 @@ def prefetch_values(bases):
 
 
 def draft_orders(bases):
-    return fuzz_requests([b for b in bases if b.body.get("hook") == "order-sign"], area="draftOrders")
+    chosen = [b for b in bases if b.body.get("hook") in ("order-select", "order-sign")]
+    return fuzz_requests(chosen, area="draftOrders")
 
 
 def feedback_requests():

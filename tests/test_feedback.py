@@ -5,11 +5,14 @@ from __future__ import annotations
 import uuid
 
 import builders
+from shared import bundled_content
 from sqlalchemy import select
 
 from cds_service.audit.storage import feedback
 
 SERVICE = "medication-order-check"
+
+DUPLICATE_VERSION = bundled_content().rulebook.by_id("duplicate-ingredient").version
 
 
 def _card(client):
@@ -50,7 +53,7 @@ def test_accepted_and_overridden_are_stored_with_rule_and_version(app):
     assert response.status_code == 200 and response.get_json() == {"received": 2, "recorded": 2}
     rows = _rows(app)
     assert {r["outcome"] for r in rows} == {"accepted", "overridden"}
-    assert {(r["rule_id"], r["rule_version"]) for r in rows} == {("duplicate-ingredient", "1.0.0")}
+    assert {(r["rule_id"], r["rule_version"]) for r in rows} == {("duplicate-ingredient", DUPLICATE_VERSION)}
     overridden = next(r for r in rows if r["outcome"] == "overridden")
     assert (
         overridden["override_code"] == card["overrideReasons"][0]["code"]

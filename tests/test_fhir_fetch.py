@@ -405,9 +405,9 @@ def test_a_skip_key_on_a_bad_server_leaves_the_rest_of_the_call(make_app, fake_f
     resources, _ = CaseBuilder(date.today()).build({"medications": ["Warfarin Sodium 5 MG Oral Tablet"]})
     fake_fhir.routes[f"Patient/{PATIENT_ID}"] = Reply(200, resources[0])
     fake_fhir.default = Reply(200, searchset([]))  # allergies, notes, reports: none
-    fake_fhir.routes[f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200"] = Reply(
-        200, searchset([r for r in resources if r["resourceType"] == "MedicationRequest"])
-    )
+    fake_fhir.routes[
+        f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200&_include=MedicationRequest:medication"
+    ] = Reply(200, searchset([r for r in resources if r["resourceType"] == "MedicationRequest"]))
     fake_fhir.routes[f"Condition?subject=Patient/{PATIENT_ID}&_count=200"] = Reply(
         200, searchset([]), delay=3.0
     )
@@ -500,9 +500,9 @@ def test_a_cap_that_cuts_data_is_said_never_silent(make_app, fake_fhir, caplog):
 def test_fetch_problems_are_logged_without_token_or_patient_id(make_app, fake_fhir, caplog):
     resources, _ = CaseBuilder(date.today()).build({})
     fake_fhir.routes[f"Patient/{PATIENT_ID}"] = Reply(200, resources[0])
-    fake_fhir.routes[f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200"] = Reply(
-        200, searchset([])
-    )
+    fake_fhir.routes[
+        f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200&_include=MedicationRequest:medication"
+    ] = Reply(200, searchset([]))
     fake_fhir.routes[f"AllergyIntolerance?patient=Patient/{PATIENT_ID}&_count=200"] = Reply(
         200, searchset([])
     )
@@ -544,9 +544,9 @@ def test_fetch_through_the_app_then_token_never_logged_or_stored(make_app, fake_
     )
     resources, _ = CaseBuilder(date.today()).build({"medications": ["Ibuprofen 200 MG Oral Tablet"]})
     active = [r for r in resources if r["resourceType"] == "MedicationRequest"]
-    fake_fhir.routes[f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200"] = Reply(
-        200, searchset(active)
-    )
+    fake_fhir.routes[
+        f"MedicationRequest?subject=Patient/{PATIENT_ID}&status=active&_count=200&_include=MedicationRequest:medication"
+    ] = Reply(200, searchset(active))
     fake_fhir.default = Reply(200, searchset([]))
     app = make_app(CDS_FHIR_ALLOWED_SERVERS=base)
     caplog.set_level(logging.DEBUG)

@@ -121,7 +121,7 @@ def test_fuzz_envelope(fuzz_client, bases):
     assert_no_broken_promise(fuzz(fuzz_client, fz.envelopes(bases), 80))
 
 
-@pytest.mark.parametrize("hook", ["order-sign", "patient-view"])
+@pytest.mark.parametrize("hook", ["order-select", "order-sign", "patient-view"])
 def test_fuzz_context(fuzz_client, bases, hook):
     assert_no_broken_promise(fuzz(fuzz_client, fz.contexts(bases, hook), 40))
 

@@ -292,7 +292,7 @@ def full_prefetch(service, stored: list[dict], patient_id: str) -> dict:
 
 def hook_request(service, patient_id: str) -> dict:
     context: dict = {"userId": USER, "patientId": patient_id}
-    if service.hook == "order-sign":
+    if service.hook in ("order-sign", "order-select"):
         _, drafts = CaseBuilder(date.today()).build({"draftOrders": DRAFTS})
         for draft in drafts:
             draft["subject"] = {"reference": f"Patient/{patient_id}"}
@@ -301,6 +301,8 @@ def hook_request(service, patient_id: str) -> dict:
             "type": "collection",
             "entry": [{"resource": d} for d in drafts],
         }
+        if service.hook == "order-select":  # the first draft just chosen, the others already written
+            context["selections"] = [f"{drafts[0]['resourceType']}/{drafts[0]['id']}"]
     return {"hook": service.hook, "hookInstance": str(uuid.uuid4()), "context": context}
 
 
@@ -313,6 +315,86 @@ def outcome(app, response) -> tuple:
 
 
 PATIENTS = [*SYNTHEA, SYNTHETIC, EDGE]
+# Warfarin and oxycodone named only through Medication resources (medicationReference), and naproxen
+# known only from a pharmacy fill: what the black-box run found invisible.
+BY_REFERENCE = "by-reference-patient"
+BY_REFERENCE_CHART = {
+    "patient": {"age": 67, "gender": "male"},
+    "medications": [
+        {"text": "Warfarin Sodium 5 MG Oral Tablet", "code": "rxnorm|855332", "byReference": True},
+        {**OXYCODONE_ER, "byReference": True, "authoredDaysAgo": 20, "supplyDays": 30},
+        {"resourceType": "MedicationDispense", "text": "Naproxen 500 MG Oral Tablet", "authoredDaysAgo": 5},
+    ],
+}
+
+
+def _by_reference_chart(patient_id: str) -> list[dict]:
+    resources = synthetic_patient(BY_REFERENCE_CHART, patient_id)
+    for r in resources:  # the Medications got the patient's prefix: so do the references to them
+        ref = (r.get("medicationReference") or {}).get("reference")
+        if ref:
+            r["medicationReference"]["reference"] = ref.replace("Medication/", f"Medication/{patient_id}-")
+    return resources
+
+
+@pytest.mark.parametrize(
+    ("service", "drafts", "expected"),
+    [
+        (
+            "medication-order-check",
+            ["Ibuprofen 400 MG Oral Tablet"],
+            {"ddi-warfarin-nsaid", "duplicate-class"},
+        ),
+        (
+            "medication-order-check",
+            [{"text": "Lorazepam 1 MG Oral Tablet", "code": "rxnorm|197900"}],
+            {"ddi-opioid-benzodiazepine"},
+        ),
+        (
+            "opioidcds-11-order-sign",
+            [{"text": "Lorazepam 1 MG Oral Tablet", "code": "rxnorm|197900", "category": "community"}],
+            {"cdc-opioid-rec11-opioid-with-benzodiazepine-order-sign"},
+        ),
+    ],
+)
+def test_medications_by_reference_and_from_fills_are_seen_through_medplum(
+    medplum, make_app, service, drafts, expected
+):
+    if BY_REFERENCE not in medplum.stored:
+        medplum.load(BY_REFERENCE, _by_reference_chart(BY_REFERENCE))
+    app = make_app(CDS_FHIR_ALLOWED_SERVERS=medplum.base_url)
+    _, made = CaseBuilder(date.today()).build({"draftOrders": drafts})
+    for draft in made:
+        draft["subject"] = {"reference": f"Patient/{BY_REFERENCE}"}
+    definition = next(s for s in bundled_content().services if s.id == service)
+    body = {
+        "hook": definition.hook,
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": medplum.base_url,
+        "fhirAuthorization": {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        },
+        "context": {
+            "userId": USER,
+            "patientId": BY_REFERENCE,
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": d} for d in made],
+            },
+        },
+    }
+    response = app.test_client().post(f"/cds-services/{service}", json=body)
+    assert response.status_code == 200, response.get_json()
+    *_, record = outcome(app, response)
+    fired = {r["id"] for r in record["rules"] if r["outcome"] == "fired"}
+    assert fired == expected, [(r["id"], r["outcome"], r.get("reason")) for r in record["rules"]]
+    unidentified = (record.get("medicationReferences") or {}).get("unidentified") or []
+    assert unidentified == []  # every drug was identified: through _include, or a read of Medication/<id>
 
 
 @pytest.mark.parametrize("patient", PATIENTS)

@@ -489,9 +489,12 @@ def test_a_card_that_fails_its_checks_is_said_on_the_data_quality_card(content, 
     facts = facts_for(
         content, reader, {"draftOrders": ["Warfarin Sodium 5 MG Oral Tablet"]}, [doc("Takes Aleve.")]
     )
-    result = evaluate_rule(content.rulebook.by_id("ddi-warfarin-nsaid"), facts, content.terminology)
+    rule = content.rulebook.by_id("ddi-warfarin-nsaid")
+    result = evaluate_rule(rule, facts, content.terminology)
     rejected = [RejectedCard(result.findings[0], "null or empty values at: summary")]
     card = data_quality_card([result], None, [], rejected)
-    assert card["extension"]["org.cds-service.data-quality"]["checks"] == ["ddi-warfarin-nsaid@1.1.1"]
+    assert card["extension"]["org.cds-service.data-quality"]["checks"] == [
+        f"ddi-warfarin-nsaid@{rule.version}"
+    ]
     assert "its card failed the card checks" in card["detail"]
     assert data_quality_card([result], None, [], []) is None  # fired and shown: nothing to say

@@ -6,11 +6,14 @@ import uuid
 
 import builders
 from click.testing import CliRunner
+from shared import bundled_content
 from sqlalchemy import insert
 
 from cds_service.audit.pdca import collect, render_html, render_markdown, review
 from cds_service.audit.storage import feedback, init_schema, make_engine, rule_outcomes
 from cds_service.cli import main
+
+DUPLICATE_VERSION = bundled_content().rulebook.by_id("duplicate-ingredient").version
 
 
 def _seed(
@@ -196,11 +199,11 @@ def test_conflicting_feedback_counts_each_card_once_by_its_latest_outcome(app, m
     assert "| 0 | 1 | 2 | 33% |" in _row(report, "duplicate-ingredient")
     conflicts = report.split("## Conflicting feedback", 1)[1]
     assert (
-        f"- **duplicate-ingredient@1.0.0** card `{a['uuid']}`: overridden (2026-11-26T12:01:00+02:00) "
-        "→ accepted (2026-11-26T10:05:00Z)"
+        f"- **duplicate-ingredient@{DUPLICATE_VERSION}** card `{a['uuid']}`: "
+        "overridden (2026-11-26T12:01:00+02:00) → accepted (2026-11-26T10:05:00Z)"
     ) in conflicts
     assert (
-        f"- **duplicate-ingredient@1.0.0** card `{b['uuid']}`: accepted (2026-11-26T10:00:00Z) "
+        f"- **duplicate-ingredient@{DUPLICATE_VERSION}** card `{b['uuid']}`: accepted (2026-11-26T10:00:00Z) "
         "→ overridden (2026-11-26T10:00:00Z)"
     ) in conflicts
     assert c["uuid"] not in conflicts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def _copy_rules(tmp_path) -> Path:
             ),
             "when.medication.in",
         ),
-        (lambda t: t.replace("version: 1.0.0", "version: one", 1), "version"),
+        (lambda t: re.sub(r"^version: .*$", "version: one", t, count=1, flags=re.M), "version"),
         (lambda t: t.replace('summary: "Duplicate', 'summary: "{{ draft.name ', 1), "card.summary"),
     ],
 )

@@ -61,6 +61,8 @@ class DecisionRecord:
             data["user"] = request.user_id
             if request.encounter_id:
                 data["encounter"] = f"Encounter/{request.encounter_id}"
+            if request.selections:  # order-select: the draft orders the rules were about
+                data["selections"] = list(request.selections)
             if request.fhir_server:
                 data["fhirServer"] = request.fhir_server
             if request.fhir_authorization:
@@ -76,6 +78,8 @@ class DecisionRecord:
                 data["dataQuality"]["card"] = call.data_quality_card
         if call.notes is not None:
             data["notes"] = call.notes
+        if call.medication_reads is not None:
+            data["medicationReferences"] = call.medication_reads.as_record()
         if call.summary_card:
             data["chartSummary"] = {"card": call.summary_card}
         if call.error is not None:

@@ -33,6 +33,7 @@ class Finding:
     refs: tuple[str, ...]  # the resources that made the rule fire (draft, bound matches)
     summary: str | None = None  # escalation may replace the summary template
     suggestion_indices: tuple[int, ...] = ()  # card suggestions whose `when` holds (all when none has one)
+    unknown: tuple[str, ...] = ()  # resource types the card's refinements read but could not have
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,17 @@ class Evaluation:
             self._memo[key] = hit
         return self._memo[key]
 
+    def observations_in(self, refs) -> tuple:
+        """The observations (newest first) with a code in value set(s) `refs`, found once per call: rules
+        asking again per draft order or per drug class then scan only those."""
+        key = ("observations_in", tuple(listify(refs)))
+        if key not in self._memo:
+            # a chart repeats few distinct codes across many results: test each distinct coding once
+            distinct = self._memo.setdefault("observation_codes", {o.codes for o in self.facts.observations})
+            hits = {codes for codes in distinct if self.codes_in(refs, codes)}
+            self._memo[key] = tuple(o for o in self.facts.observations if o.codes in hits)
+        return self._memo[key]
+
     # -- medications ----------------------------------------------------------------------------
     def med_matches(self, spec: Mapping, med: Medication, b: Bindings) -> bool:
         f = self.facts
@@ -113,6 +125,14 @@ class Evaluation:
             return False
         if "status" in spec and med.status not in spec["status"]:
             return False
+        if "source" in spec and med.source not in spec["source"]:
+            return False
+        if "route" in spec and med.route not in spec["route"]:
+            return False
+        if "not_route" in spec and med.route in spec["not_route"]:
+            return False
+        if "systemic" in spec and med.systemic != spec["systemic"]:
+            return False
         if "days_supplied" in spec and not compare(med.days_supplied, spec["days_supplied"]):
             return False
         if "authored_days_ago" in spec and not compare(f.days_ago(med.authored), spec["authored_days_ago"]):
@@ -134,7 +154,8 @@ class Evaluation:
                 return False
         if "authored_within_days_before" in spec:
             window = spec["authored_within_days_before"]
-            anchor = getattr(b.get(window["binding"]), "when", None)
+            bound = b.get(window["binding"])  # an observation, event or condition; a medication: authored
+            anchor = getattr(bound, "when", None) or getattr(bound, "authored", None)
             if anchor is None or med.authored is None:
                 return False
             days_before = (anchor.date() - med.authored.date()).days
@@ -230,6 +251,43 @@ def _refs(bindings: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(set(refs)))
 
 
+# Medication review when the chart opens: how recent a start must be for a combination already on the
+# chart to keep its full indicator (see review_indicator).
+NEWLY_STARTED_DAYS = 14
+
+
+def _starts(rule: Rule, facts: Facts) -> list[Bindings]:
+    """Where a `foreach: draft_medication` rule starts: each draft order being signed; on order-select
+    only the selected drafts (the others are context); on patient-view, each medication the patient
+    takes now (a review of the chart as it stands)."""
+    if rule.foreach != "draft_medication":
+        return [{}]
+    if facts.selections:
+        return [{"draft": d} for d in facts.draft_orders if d.ref in facts.selections]
+    if facts.hook == "patient-view":
+        return [{"draft": m} for m in facts.active_medications]
+    return [{"draft": d} for d in facts.draft_orders]
+
+
+def review_indicator(indicator: str, bindings: Mapping[str, Any], facts: Facts) -> str:
+    """The indicator policy for what is already on the chart (patient-view medication review), chosen
+    to avoid alert fatigue: a combination the patient has been taking for a while is `info` (it was
+    accepted when ordered, and is shown so it can be reviewed); it keeps the rule's own indicator when it
+    is `critical` (contraindicated, whatever its age) or when one of its medications was started in the
+    last NEWLY_STARTED_DAYS days (possibly never checked together, e.g. a fill from another prescriber).
+    Cards about orders being signed or selected are never changed."""
+    subject = bindings.get("draft")
+    if not isinstance(subject, Medication) or subject.is_draft or indicator == "critical":
+        return indicator
+    meds = [v for k, v in bindings.items() if isinstance(v, Medication) and not k.endswith("_all")]
+    if any(m.is_draft for m in meds):
+        return indicator
+    ages = [facts.days_ago(m.authored) for m in meds]
+    if any(age is not None and age <= NEWLY_STARTED_DAYS for age in ages):
+        return indicator
+    return "info"
+
+
 def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleResult:
     missing = rule.reads & facts.unavailable
     if missing:
@@ -238,16 +296,19 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
         facts = facts.coded_only
     ev = Evaluation(facts, terminology)
     try:
-        starts: list[Bindings] = (
-            [{"draft": d} for d in facts.draft_orders] if rule.foreach == "draft_medication" else [{}]
-        )
+        starts = _starts(rule, facts)
         findings: list[Finding] = []
         seen: set[tuple[str, ...]] = set()
         limit = min(rule.max_cards or MAX_FINDINGS_PER_RULE, MAX_FINDINGS_PER_RULE)
+        # Refinements (optional factors, escalations) that read data the call could not have, or had only
+        # in part: the card keeps what `when` proved and says what was not known.
+        unknown = tuple(sorted(rule.context_reads & (facts.unavailable | facts.incomplete)))
         for start in starts:
             if len(findings) >= limit:
                 break  # the cap holds across draft orders too
             for bound in ev.solutions(rule.when, start):
+                for condition in rule.optional:  # patient factors: bound when they hold, never required
+                    bound = ev.test(condition, bound) or bound
                 refs = _refs(bound)
                 if refs in seen:
                     continue  # the same resources seen again (e.g. a pair from the other draft's side)
@@ -256,12 +317,13 @@ def evaluate_rule(rule: Rule, facts: Facts, terminology: Terminology) -> RuleRes
                 for esc in rule.escalate:
                     if ev.test(esc["when"], bound) is not None and RANK[esc["indicator"]] > RANK[indicator]:
                         indicator, summary = esc["indicator"], esc.get("summary")
+                indicator = review_indicator(indicator, bound, facts)
                 chosen = tuple(
                     i
                     for i, s in enumerate(rule.card.get("suggestions") or [])
                     if "when" not in s or ev.test(s["when"], bound) is not None
                 )
-                findings.append(Finding(rule, indicator, bound, refs, summary, chosen))
+                findings.append(Finding(rule, indicator, bound, refs, summary, chosen, unknown))
                 if len(findings) >= limit:
                     break
     except Exception as exc:  # a rule bug must not break the hook call; it is recorded

@@ -10,18 +10,33 @@ encounters, procedures, care plans, service requests. Everything here is a pure 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 
 from .mentions import ALLERGY, CONDITION, MEDICATION, PRESENT, Mention
+from .routes import is_systemic, route_of, route_of_sentence
 from .terminology import Terminology, normalise_system
 
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 NOT_TRUE = {"refuted", "entered-in-error"}
 CODED, NOTE = "coded", "note"  # provenance of a fact: a coded FHIR resource, or a sentence of a note
+# Where a medication fact comes from: prescribed (an order), dispensed (a pharmacy fill), administered
+# (given, e.g. on a ward) or reported (a statement by the patient or a clinician, or a note).
+PRESCRIBED, DISPENSED, ADMINISTERED, REPORTED = "prescribed", "dispensed", "administered", "reported"
+SOURCES = {
+    "MedicationRequest": PRESCRIBED,
+    "MedicationDispense": DISPENSED,
+    "MedicationAdministration": ADMINISTERED,
+    "MedicationStatement": REPORTED,
+}
+MEDICATION_TYPES = tuple(SOURCES)
+# How long a dispense is taken to last when it says nothing of its supply (daysSupply, or quantity
+# over doses per day): a common community fill. An administration counts as current for a day.
+DEFAULT_DISPENSE_DAYS = 30
+ADMINISTRATION_CURRENT_DAYS = 1
 ACTIVE_ORDER_INTENTS = {"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"}
 UNUSABLE_OBSERVATION = {"cancelled", "entered-in-error", "registered"}
 
@@ -170,6 +185,14 @@ class Medication:
     mme_per_day: float | None = None  # filled for opioids (see mme.py)
     provenance: str = CODED
     evidence: Mention | None = None  # the note sentence a NOTE fact comes from
+    source: str = PRESCRIBED  # prescribed | dispensed | administered | reported (SOURCES)
+    route: str | None = None  # route group (routes.py); None: not said
+    ended: datetime | None = None  # statement's effective end; dispense's supply end; administration's end
+    current: bool | None = None  # taken now (dispenses, administrations, statements: decided at build time)
+    medication_ref: str | None = None  # the Medication it refers to (medicationReference), for the record
+    identified: bool = True  # False: nothing names the drug (an unresolved reference without display)
+    same_as: str | None = None  # the current record this one repeats (a fill of an active order ...)
+    based_on: tuple[str, ...] = ()  # orders it fills or follows (authorizingPrescription, basedOn, request)
 
     @property
     def ref(self) -> str:
@@ -177,13 +200,20 @@ class Medication:
 
     @property
     def is_active(self) -> bool:
-        if self.is_draft:
+        """Taken now, per resource: an active order; a statement active or intended and not ended; a
+        dispense whose supply covers today; an administration in progress or in the last day; a note
+        saying so. A record repeating another current one (`same_as`) is not counted twice."""
+        if self.is_draft or self.same_as is not None:
             return False
         if self.provenance == NOTE:  # a note saying the patient takes it now
             return True
-        if self.resource_type == "MedicationStatement":
-            return self.status in ("active", "intended")
+        if self.current is not None:
+            return self.current
         return self.status == "active" and (self.intent or "order") in ACTIVE_ORDER_INTENTS
+
+    @property
+    def systemic(self) -> bool:
+        return is_systemic(self.route)
 
     @property
     def days_supplied(self) -> float | None:
@@ -297,6 +327,8 @@ class Facts:
     # Every mention found in the notes, and what became of it: (mention, "used" | "not used", why)
     note_uses: tuple[tuple[Mention, str, str], ...] = ()
     derived: dict = field(default_factory=dict, compare=False)  # lazily computed (eGFR, MME totals)
+    hook: str | None = None  # the CDS hook of the call (order-sign, order-select, patient-view ...)
+    selections: frozenset[str] = frozenset()  # order-select: the refs of the selected draft orders
 
     @cached_property
     def coded_only(self) -> Facts:
@@ -358,14 +390,20 @@ _MEDICATION_ELEMENTS = frozenset(
         "dosage",
         "dispenseRequest",
         "daysSupply",
+        "quantity",
         "authoredOn",
         "dateAsserted",
         "whenHandedOver",
+        "whenPrepared",
         "effectivePeriod",
         "effectiveDateTime",
         "category",
         "requester",
         "recorder",
+        "informationSource",
+        "basedOn",
+        "authorizingPrescription",
+        "request",
     }
 )
 # Coded, dated events (facts.Event); each read by _event below.
@@ -414,7 +452,8 @@ ELEMENTS_READ: dict[str, frozenset[str]] = {
     "MedicationRequest": _MEDICATION_ELEMENTS,
     "MedicationStatement": _MEDICATION_ELEMENTS,
     "MedicationDispense": _MEDICATION_ELEMENTS,
-    "Medication": frozenset({"code"}),
+    "MedicationAdministration": _MEDICATION_ELEMENTS,
+    "Medication": frozenset({"code", "form", "ingredient"}),
     "AllergyIntolerance": frozenset(
         {"code", "reaction", "clinicalStatus", "verificationStatus", "criticality", "category"}
     ),
@@ -478,6 +517,8 @@ class FactsBuilder:
         unavailable: frozenset[str] = frozenset(),
         incomplete: frozenset[str] = frozenset(),
         mentions: Iterable[Mention] = (),
+        hook: str | None = None,
+        selections: Iterable[str] = (),
     ) -> Facts:
         now = now or datetime.now(UTC)
         today = today or now.date()
@@ -505,10 +546,10 @@ class FactsBuilder:
                         born = parse_datetime(r.get("birthDate"))
                         birth = born.date() if born else None
                         sex = r.get("gender")
-                elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationDispense"):
+                elif rtype in MEDICATION_TYPES:
                     if (rtype, r.get("id")) in draft_ids:
                         continue  # the EHR may already list the draft among the patient's orders
-                    med = self._medication(r, medication_index, is_draft=False)
+                    med = self._medication(r, medication_index, is_draft=False, now=now)
                     meds.setdefault(med.ref, med)
                 elif rtype == "AllergyIntolerance":
                     allergies.append(self._allergy(r))
@@ -525,14 +566,19 @@ class FactsBuilder:
         for position, r in enumerate(drafts):
             try:
                 if r.get("resourceType") in ("MedicationRequest", "MedicationStatement"):
-                    draft_meds.append(self._medication(r, medication_index, is_draft=True))
+                    draft_meds.append(self._medication(r, medication_index, is_draft=True, now=now))
                 elif r.get("resourceType") not in ("Medication",):
                     draft_other.append(self._event(r))
             except Exception as exc:  # the caller turns this into a 400 naming the draft
                 unreadable.append(("draft_orders", position, type(exc).__name__))
-        observations.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=UTC), reverse=True)
+        if incomplete & {*MEDICATION_TYPES, "Medication"}:
+            # Rules declare medication reads as MedicationRequest; a statement, fill, administration or
+            # Medication set aside leaves what the patient takes just as incomplete.
+            incomplete.add("MedicationRequest")
+        observations.sort(key=observation_order)
+        meds = _collapse_repeats(list(meds.values()))
         note_meds, note_allergies, note_conditions, note_uses = self._note_facts(
-            tuple(mentions), list(meds.values()), allergies, conditions
+            tuple(mentions), meds, allergies, conditions
         )
         return Facts(
             today=today,
@@ -541,7 +587,7 @@ class FactsBuilder:
             user_id=user_id,
             birth_date=birth,
             sex=sex,
-            medications=tuple(meds.values()) + note_meds,
+            medications=tuple(meds) + note_meds,
             draft_orders=tuple(draft_meds),
             other_draft_orders=tuple(draft_other),
             allergies=tuple(allergies) + note_allergies,
@@ -552,6 +598,8 @@ class FactsBuilder:
             incomplete=frozenset(incomplete),
             unreadable=tuple(unreadable),
             note_uses=note_uses,
+            hook=hook,
+            selections=frozenset(selections),
         )
 
     # -- note-derived facts ----------------------------------------------------------------------
@@ -681,6 +729,8 @@ class FactsBuilder:
             is_draft=False,
             provenance=NOTE,
             evidence=m,
+            source=REPORTED,
+            route=route_of_sentence(m.sentence),
         )
 
     def _note_allergy(self, m: Mention) -> Allergy:
@@ -716,24 +766,25 @@ class FactsBuilder:
         )
 
     # -- medications ---------------------------------------------------------------------------
-    def _medication(self, r: dict, medication_index: dict, *, is_draft: bool) -> Medication:
+    def _medication(self, r: dict, medication_index: dict, *, is_draft: bool, now: datetime) -> Medication:
         concept = r.get("medicationCodeableConcept")
-        ref = (r.get("medicationReference") or {}).get("reference")
+        reference = r.get("medicationReference") if isinstance(r.get("medicationReference"), dict) else {}
+        ref = reference.get("reference")
+        medication_ref, form = None, None
         if concept is None and isinstance(ref, str):
-            target = None
-            if ref.startswith("#"):
-                target = next((c for c in r.get("contained") or [] if c.get("id") == ref[1:]), None)
-            else:
-                target = medication_index.get(ref) or medication_index.get(
-                    "Medication/" + ref.rsplit("/", 1)[-1]
-                )
-            concept = (target or {}).get("code")
-            if concept is None and (r.get("medicationReference") or {}).get("display"):
-                concept = {"text": r["medicationReference"]["display"]}
+            medication_ref = ref
+            target = resolve_medication(ref, r, medication_index)
+            if target is not None:
+                concept = target.get("code") or _ingredient_concept(target)
+                form = target.get("form")
+            if concept is None and reference.get("display"):
+                concept = {"text": reference["display"]}
         codes = codings_of(concept)
         texts = texts_of(concept)
         ingredients = self.terminology.ingredients(list(codes), texts)
         dosage = r.get("dosageInstruction") or r.get("dosage") or [{}]
+        if isinstance(dosage, dict):  # MedicationAdministration.dosage is one object
+            dosage = [dosage]
         dosage = dosage[0] if dosage and isinstance(dosage[0], dict) else {}
         dispense = r.get("dispenseRequest") or {}
         validity = dispense.get("validityPeriod") or {}
@@ -741,12 +792,14 @@ class FactsBuilder:
         validity_days = (v_end - v_start).total_seconds() / 86400 if v_start and v_end else None
         supply = _duration_days(dispense.get("expectedSupplyDuration")) or _duration_days(r.get("daysSupply"))
         dose_value, dose_unit = dose_of(dosage)
+        effective = r.get("effectivePeriod") if isinstance(r.get("effectivePeriod"), dict) else {}
         authored = parse_datetime(
             r.get("authoredOn")
-            or r.get("dateAsserted")
             or r.get("whenHandedOver")
-            or (r.get("effectivePeriod") or {}).get("start")
+            or effective.get("start")
             or r.get("effectiveDateTime")
+            or r.get("dateAsserted")
+            or r.get("whenPrepared")
         )
         categories = frozenset(
             c
@@ -759,12 +812,23 @@ class FactsBuilder:
             )
             for _, c in codings_of(cat)
         )
-        requester = (r.get("requester") or r.get("recorder") or {}).get("reference")
+        rtype = r.get("resourceType")
+        who = r.get("requester") or r.get("recorder") or r.get("informationSource") or {}
+        requester = who.get("reference") if isinstance(who, dict) else None
         status = r.get("status") or "unknown"
-        if r.get("resourceType") == "MedicationDispense":
+        if rtype == "MedicationDispense":
             status = "dispensed" if status == "completed" else status
+        route = route_of(
+            codings_of(dosage.get("route")),
+            texts_of(dosage.get("route")),
+            texts + texts_of(form),
+        )
+        per_day = doses_per_day(dosage)
+        ended, current = None, None
+        if not is_draft and rtype != "MedicationRequest":
+            ended, current = _currency(r, rtype, status, authored, supply, per_day, now)
         med = Medication(
-            resource_type=r.get("resourceType"),
+            resource_type=rtype,
             id=str(r.get("id") or "unidentified"),
             name=name_of(concept),
             codes=codes,
@@ -777,10 +841,17 @@ class FactsBuilder:
             is_draft=is_draft,
             supply_days=supply,
             validity_days=validity_days,
-            doses_per_day=doses_per_day(dosage),
+            doses_per_day=per_day,
             dose_value=dose_value,
             dose_unit=dose_unit,
             requester=requester,
+            source=SOURCES.get(rtype, PRESCRIBED),
+            route=route,
+            ended=ended,
+            current=current,
+            medication_ref=medication_ref,
+            identified=bool(codes or texts),
+            based_on=_order_links(r),
         )
         if self.mme is not None:
             mme = self.mme.daily_mme(med)
@@ -950,6 +1021,120 @@ class FactsBuilder:
                 and isinstance(d["condition"].get("reference"), str)
             ),
         )
+
+
+_SOURCE_RANK = {PRESCRIBED: 0, DISPENSED: 1, ADMINISTERED: 2, REPORTED: 3}
+
+
+def _collapse_repeats(meds: list[Medication]) -> list[Medication]:
+    """One current entry per therapy. A current fill, administration or statement of what an active order
+    already covers (linked to it, or with the same ingredients) repeats that order; among such records
+    without an order, the prescribed-most and newest stands for the others. Two active *orders* of the
+    same drug are kept: that is duplicate therapy, for the rules to see. Repeats stay in the history."""
+    orders = [m for m in meds if m.resource_type == "MedicationRequest" and m.is_active]
+    by_ref = {m.ref: m for m in orders}
+    by_ingredients: dict[frozenset[str], Medication] = {}
+    for m in orders:
+        if m.ingredients:
+            by_ingredients.setdefault(m.ingredients, m)
+    others = [m for m in meds if m.resource_type != "MedicationRequest" and m.is_active]
+    oldest = datetime.min.replace(tzinfo=UTC)
+    others.sort(key=lambda m: (_SOURCE_RANK.get(m.source, 9), -(m.authored or oldest).timestamp(), m.ref))
+    same_as: dict[str, str] = {}
+    for m in others:
+        linked = next((by_ref[r].ref for r in m.based_on if r in by_ref), None)
+        same = linked or (by_ingredients[m.ingredients].ref if m.ingredients in by_ingredients else None)
+        if same is not None:
+            same_as[m.ref] = same
+        elif m.ingredients:
+            by_ingredients[m.ingredients] = m  # stands for later records of the same ingredients
+    return [replace(m, same_as=same_as[m.ref]) if m.ref in same_as else m for m in meds]
+
+
+def observation_order(o: Observation) -> tuple:
+    """Newest first; undated last; then by id, so equal times never depend on the Bundle's order."""
+    return (o.when is None, -(o.when.timestamp()) if o.when else 0.0, o.id)
+
+
+def resolve_medication(ref: str, resource: dict, index: Mapping[str, dict]) -> dict | None:
+    """The Medication a medicationReference names: contained (``#id``), else one the call brought (a
+    prefetch entry, an ``_include``, or one read from the FHIR server), by relative or absolute URL."""
+    if ref.startswith("#"):
+        return next(
+            (
+                c
+                for c in resource.get("contained") or []
+                if isinstance(c, dict) and c.get("id") == ref[1:] and c.get("resourceType") == "Medication"
+            ),
+            None,
+        )
+    return index.get(ref) or index.get("Medication/" + ref.rstrip("/").rsplit("/", 1)[-1])
+
+
+def unresolved_medication_refs(resource: dict, index: Mapping[str, dict]) -> str | None:
+    """The `Medication/<id>` a medication resource refers to but the call did not bring, else None."""
+    reference = resource.get("medicationReference")
+    if resource.get("medicationCodeableConcept") is not None or not isinstance(reference, dict):
+        return None
+    ref = reference.get("reference")
+    if not isinstance(ref, str) or ref.startswith("#"):
+        return None
+    if resolve_medication(ref, resource, index) is not None:
+        return None
+    parts = ref.rstrip("/").rsplit("/", 2)
+    if len(parts) < 2 or parts[-2] != "Medication" or not parts[-1]:
+        return None  # not a Medication reference (urn:uuid:..., a logical identifier): nothing to read
+    return f"Medication/{parts[-1]}"
+
+
+def _ingredient_concept(medication: dict) -> dict | None:
+    """A Medication without `code` (a compound) is named by its ingredients' codes."""
+    codings, texts = [], []
+    for item in medication.get("ingredient") or []:
+        concept = (item or {}).get("itemCodeableConcept") if isinstance(item, dict) else None
+        if isinstance(concept, dict):
+            codings += [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+            texts += texts_of(concept)
+    if not codings and not texts:
+        return None
+    return {"coding": codings, **({"text": " / ".join(texts)} if texts else {})}
+
+
+def _order_links(r: dict) -> tuple[str, ...]:
+    out = []
+    for key in ("authorizingPrescription", "basedOn"):
+        for item in r.get(key) or [] if isinstance(r.get(key), list) else []:
+            if isinstance(item, dict) and isinstance(item.get("reference"), str):
+                out.append(item["reference"])
+    request = r.get("request")
+    if isinstance(request, dict) and isinstance(request.get("reference"), str):
+        out.append(request["reference"])
+    tails = (x.rstrip("/").rsplit("/", 1)[-1] for x in out if "MedicationRequest" in x)
+    return tuple(f"MedicationRequest/{tail}" for tail in tails)
+
+
+def _currency(r, rtype, status, authored, supply, per_day, now) -> tuple[datetime | None, bool]:
+    """(end, taken now) of a statement, a dispense or an administration (see Medication.is_active)."""
+    effective = r.get("effectivePeriod") if isinstance(r.get("effectivePeriod"), dict) else {}
+    end = parse_datetime(effective.get("end"))
+    if rtype == "MedicationStatement":
+        return end, status in ("active", "intended") and (end is None or end >= now - timedelta(days=1))
+    if rtype == "MedicationDispense":
+        if status != "dispensed" or authored is None:
+            return None, False
+        days = supply
+        if days is None:  # units dispensed over doses a day (one unit a dose), when both are known
+            quantity = r.get("quantity") if isinstance(r.get("quantity"), dict) else {}
+            units = _num(quantity.get("value"))
+            days = units / per_day if units and per_day else DEFAULT_DISPENSE_DAYS
+        end = authored + timedelta(days=days)
+        return end, end >= now - timedelta(days=1)
+    # MedicationAdministration
+    end = end or parse_datetime(r.get("effectiveDateTime")) or authored
+    if status == "in-progress":
+        return end, True
+    recent = end is not None and end >= now - timedelta(days=ADMINISTRATION_CURRENT_DAYS)
+    return end, status == "completed" and recent
 
 
 def within_days(facts: Facts, when: datetime | None, days: float) -> bool:

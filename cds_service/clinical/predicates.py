@@ -175,23 +175,44 @@ def _medication(ev, args, b):
         "required": ["a", "b"],
         "description": "The bound draft is in value set(s) a and another active or draft medication in b, "
         "or the other way round.",
-        "properties": {"a": _ref("vsRef"), "b": _ref("vsRef"), "as": _ref("binding")},
+        "properties": {
+            "a": _ref("vsRef"),
+            "b": _ref("vsRef"),
+            "a_filter": {
+                "allOf": [_ref("medFilter")],
+                "unevaluatedProperties": False,
+                "description": "Only medications of side a that also match this filter (e.g. route).",
+            },
+            "b_filter": {
+                "allOf": [_ref("medFilter")],
+                "unevaluatedProperties": False,
+                "description": "Only medications of side b that also match this filter (systemic: true).",
+            },
+            "as": _ref("binding"),
+        },
     },
     reads=_MEDICATIONS,
     needs_draft=True,
 )
 def _pair(ev, args, b):
     """The bound draft is in one class and another medication (active, or another draft) in the other;
-    either way round. Binds the other medication as `as` (default `other`)."""
+    either way round. Binds the other medication as `as` (default `other`). `a_filter` / `b_filter`
+    narrow each side (a topical NSAID is not an oral one)."""
     draft = b.get("draft")
     if draft is None:
         return
     name = args.get("as", "other")
-    for mine, theirs in ((args["a"], args["b"]), (args["b"], args["a"])):
-        if ev.med_in(mine, draft):
-            pool = ev.med_pool("active_or_other_drafts", b, theirs)
-            matches = [m for m in pool if not same_ingredient(m, draft)]
-            yield from _bind(b, {"as": name}, matches)
+    sides = ((args["a"], args.get("a_filter")), (args["b"], args.get("b_filter")))
+    for (mine, my_filter), (theirs, their_filter) in (sides, sides[::-1]):
+        if not ev.med_in(mine, draft) or (my_filter and not ev.med_matches(my_filter, draft, b)):
+            continue
+        pool = ev.med_pool("active_or_other_drafts", b, theirs)
+        matches = [
+            m
+            for m in pool
+            if not same_ingredient(m, draft) and (not their_filter or ev.med_matches(their_filter, m, b))
+        ]
+        yield from _bind(b, {"as": name}, matches)
 
 
 @predicate(
@@ -324,9 +345,8 @@ def _observation(ev, args, b):
     after = b.get(args["after"]) if "after" in args else None
     candidates = [
         o
-        for o in f.observations
-        if ev.codes_in(args["code_in"], o.codes)
-        and ("within_days" not in args or within_days(f, o.when, args["within_days"]))
+        for o in ev.observations_in(args["code_in"])
+        if ("within_days" not in args or within_days(f, o.when, args["within_days"]))
         and (after is None or (o.when is not None and after.when is not None and o.when > after.when))
     ]
     if args.get("latest"):

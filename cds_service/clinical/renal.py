@@ -69,28 +69,47 @@ class Egfr:
 
 
 def latest_egfr(facts, within_days: float | None = None) -> Egfr | None:
-    """The most recent of: a measured eGFR, or one computed from a creatinine with the patient's age/sex."""
+    """The most recent kidney-function result: a reported eGFR, or one computed from a serum creatinine
+    with the patient's age and sex.
+
+    Which one counts never depends on the order the FHIR server listed them in:
+    1. the newest effective time wins (observations without a time come last);
+    2. at the same time, a reported eGFR before one computed from a creatinine (the laboratory's own
+       figure, with its method, over our recomputation);
+    3. among several of the same kind at the same time, the lowest value: the more cautious reading for
+       a renal dose limit (and then the Observation id, for a stable choice).
+    """
     from .facts import within_days as in_window
 
-    for obs in facts.observations:  # newest first
+    best: Egfr | None = None
+    best_key: tuple | None = None
+    for obs in facts.observations:  # newest first (facts.observation_order)
+        if best is not None and obs.when != best.when:
+            break  # older than the chosen time: nothing further can win
         if obs.value is None or (within_days is not None and not in_window(facts, obs.when, within_days)):
             continue
-        codes = {c for s, c in obs.codes if s == LOINC}
-        if codes & EGFR_LOINC:
-            return Egfr(obs.value, obs.when, "measured", obs.ref)
-        if (
-            codes & CREATININE_LOINC
-            and facts.age is not None
-            and facts.age >= 18
-            and facts.sex in ("female", "male")
-        ):
-            scr = creatinine_mg_dl(obs.value, obs.unit)
-            if scr:
-                return Egfr(
-                    round(ckd_epi_2021(scr, facts.age, facts.sex), 1),
-                    obs.when,
-                    "computed (CKD-EPI 2021)",
-                    obs.ref,
-                    creatinine=obs.value,
-                )
+        candidate = _egfr_of(obs, facts)
+        if candidate is None:
+            continue
+        key = (candidate.source != "measured", candidate.value, candidate.ref)
+        if best_key is None or key < best_key:
+            best, best_key = candidate, key
+    return best
+
+
+def _egfr_of(obs, facts) -> Egfr | None:
+    codes = {c for s, c in obs.codes if s == LOINC}
+    if codes & EGFR_LOINC:
+        return Egfr(obs.value, obs.when, "measured", obs.ref)
+    adult = facts.age is not None and facts.age >= 18
+    if codes & CREATININE_LOINC and adult and facts.sex in ("female", "male"):
+        scr = creatinine_mg_dl(obs.value, obs.unit)
+        if scr:
+            return Egfr(
+                round(ckd_epi_2021(scr, facts.age, facts.sex), 1),
+                obs.when,
+                "computed (CKD-EPI 2021)",
+                obs.ref,
+                creatinine=obs.value,
+            )
     return None

@@ -41,6 +41,25 @@ def _coding(spec: str, default_system: str) -> dict:
     return {"system": _SYSTEMS.get(system.lower(), system), "code": code}
 
 
+_ROUTE_CODES = {  # compact route word -> SNOMED CT route of administration
+    "oral": ("26643006", "Oral route"),
+    "topical": ("6064005", "Topical route"),
+    "transdermal": ("45890007", "Transdermal route"),
+    "ophthalmic": ("54485002", "Ophthalmic route"),
+    "otic": ("10547007", "Otic route"),
+    "nasal": ("46713006", "Nasal route"),
+    "inhaled": ("447694001", "Respiratory tract route"),
+    "rectal": ("37161004", "Rectal route"),
+    "vaginal": ("16857009", "Vaginal route"),
+    "parenteral": ("47625008", "Intravenous route"),
+}
+
+
+def _route(word: str) -> dict:
+    code, display = _ROUTE_CODES[word]
+    return {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display}
+
+
 def _concept(item: dict, default_system: str) -> dict:
     concept: dict[str, Any] = {}
     codes = item.get("code")
@@ -66,6 +85,7 @@ class CaseBuilder:
         self.patient_id = patient_id
         self.user = user
         self.id_prefix = id_prefix
+        self.referenced: list[dict] = []  # Medications named by reference (`byReference: true`)
 
     @property
     def _subject(self) -> dict:
@@ -103,6 +123,9 @@ class CaseBuilder:
 
     def medication(self, item, *, draft: bool) -> dict:
         item = {"text": item} if isinstance(item, str) else dict(item)
+        rtype = item.get("resourceType", "MedicationRequest")
+        if rtype != "MedicationRequest":
+            return self._medication_record(item, rtype)
         r: dict[str, Any] = {
             "resourceType": "MedicationRequest",
             "id": item.get("id") or self._id("draft" if draft else "med"),
@@ -142,6 +165,8 @@ class CaseBuilder:
             ]
         if item.get("perDay"):
             dosage["timing"] = {"repeat": {"frequency": item["perDay"], "period": 1, "periodUnit": "d"}}
+        if item.get("route"):
+            dosage["route"] = _route(item["route"])
         if dosage:
             r["dosageInstruction"] = [dosage]
         dispense: dict[str, Any] = {}
@@ -160,7 +185,59 @@ class CaseBuilder:
             }
         if dispense:
             r["dispenseRequest"] = dispense
+        return self._by_reference(r, item)
+
+    def _by_reference(self, r: dict, item: dict) -> dict:
+        """`byReference: true`: the drug is named by a Medication resource (`medicationReference`), as many
+        EHRs record it; the Medication joins the chart's resources."""
+        if not item.get("byReference"):
+            return r
+        medication = {
+            "resourceType": "Medication",
+            "id": self._id("medication"),
+            "code": r.pop("medicationCodeableConcept"),
+        }
+        r["medicationReference"] = {"reference": f"Medication/{medication['id']}"}
+        self.referenced.append(medication)
         return r
+
+    def _medication_record(self, item: dict, rtype: str) -> dict:
+        """A statement, dispense or administration: what the patient takes without an order here."""
+        days_ago = float(item.get("authoredDaysAgo", 10))
+        when = self._when(days_ago)
+        r: dict[str, Any] = {
+            "resourceType": rtype,
+            "id": item.get("id") or self._id(rtype.removeprefix("Medication").lower()),
+            "medicationCodeableConcept": _concept(item, RXNORM),
+            "subject": self._subject,
+        }
+        dosage: dict[str, Any] = {"route": _route(item["route"])} if item.get("route") else {}
+        if rtype == "MedicationStatement":
+            r["status"] = item.get("status", "active")
+            r["effectivePeriod"] = {"start": when}
+            r["dateAsserted"] = when
+            r["informationSource"] = {"reference": f"Patient/{self.patient_id}"}
+            if dosage:
+                r["dosage"] = [dosage]
+        elif rtype == "MedicationDispense":
+            r["status"] = item.get("status", "completed")
+            r["whenHandedOver"] = when
+            r["daysSupply"] = {
+                "value": item.get("supplyDays", 30),
+                "unit": "days",
+                "system": "http://unitsofmeasure.org",
+                "code": "d",
+            }
+            if dosage:
+                r["dosageInstruction"] = [dosage]
+        elif rtype == "MedicationAdministration":
+            r["status"] = item.get("status", "completed")
+            r["effectiveDateTime"] = when
+            if dosage:
+                r["dosage"] = dosage
+        else:
+            raise ValueError(f"a case medication cannot be a {rtype}")
+        return self._by_reference(r, item)
 
     def condition(self, item) -> dict:
         item = {"text": item} if isinstance(item, str) else dict(item)
@@ -357,6 +434,8 @@ class CaseBuilder:
         resources += [self.report(r) for r in case.get("reports") or []]
         resources += [dict(r) for r in case.get("resources") or []]
         drafts = [self.medication(m, draft=True) for m in case.get("draftOrders") or []]
+        resources += self.referenced
+        self.referenced = []
         return resources, drafts
 
 
@@ -400,12 +479,28 @@ def run_case(
         )
     notes = read_documents(resources, None)  # as a hook call reads them: notes and reports, inline text
     mentions = [m for text in notes.texts for m in reader.read(text)]
-    facts = builder.build(
-        resources, patient_id=PATIENT_ID, draft_orders=drafts, today=today, user_id=USER, mentions=mentions
-    )
     hook = case.get("hook") or rule.hooks[0]
     if hook == "patient-view" and drafts:
         return CaseResult(rule, case["name"], expected, False, "patient-view cases cannot have draftOrders")
+    selections: tuple[str, ...] = ()
+    if hook == "order-select":  # the selected drafts (default: all), as an order-select call names them
+        refs = [f"{d['resourceType']}/{d['id']}" for d in drafts]
+        selections = tuple(case.get("selections") or refs)
+        unknown = [s for s in selections if s not in refs]
+        if unknown:
+            return CaseResult(
+                rule, case["name"], expected, False, f"selections name no draft order: {unknown}"
+            )
+    facts = builder.build(
+        resources,
+        patient_id=PATIENT_ID,
+        draft_orders=drafts,
+        today=today,
+        user_id=USER,
+        mentions=mentions,
+        hook=hook,
+        selections=selections,
+    )
     result = evaluate_rule(rule, facts, terminology)
     if result.outcome == "error":
         return CaseResult(rule, case["name"], expected, False, f"rule error: {result.reason}")

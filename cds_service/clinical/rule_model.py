@@ -96,7 +96,9 @@ class Rule:
     escalate: tuple[dict, ...] = ()
     max_cards: int | None = None  # at most this many cards per hook call (default: engine's cap)
     note_evidence: bool = False  # facts read from clinical notes may fire it (`noteEvidence: allowed`)
-    reads: frozenset[str] = frozenset()
+    reads: frozenset[str] = frozenset()  # what `when` reads: without it the rule cannot run (skipped)
+    optional: tuple[dict, ...] = ()  # conditions that add bindings when they hold (patient factors)
+    context_reads: frozenset[str] = frozenset()  # read only by optional / escalate / suggestion conditions
     compiled: dict[str, Any] = field(default_factory=dict)  # template text -> jinja Template
 
     @property
@@ -145,10 +147,13 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
     if path.stem != data["id"]:
         raise ContentError(rel, "id", f"the file must be named after the rule id ({data['id']}.yaml)")
 
+    # What `when` reads decides whether the rule can run at all; what the optional conditions, the
+    # escalations and the suggestions' conditions read only refines a card (context_reads).
     reads: set[str] = set()
-    condition_trees = [("when", data["when"])] + [
-        (f"escalate[{i}].when", e["when"]) for i, e in enumerate(data.get("escalate") or [])
-    ]
+    context_reads: set[str] = set()
+    condition_trees = [("when", data["when"])]
+    condition_trees += [(f"optional[{i}]", c) for i, c in enumerate(data.get("optional") or [])]
+    condition_trees += [(f"escalate[{i}].when", e["when"]) for i, e in enumerate(data.get("escalate") or [])]
     condition_trees += [
         (f"card.suggestions[{i}].when", s["when"])
         for i, s in enumerate(data["card"].get("suggestions") or [])
@@ -160,7 +165,7 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
             found, _ = lookup(name)
             if found.needs_draft and data.get("foreach") != "draft_medication":
                 raise ContentError(rel, where, f"'{name}' needs `foreach: draft_medication`")
-            reads |= found.reads(args)
+            (reads if base == "when" else context_reads).update(found.reads(args))
             for key, value in args.items() if isinstance(args, dict) else []:
                 if key in vs_keys or (key == "same_class_as" and isinstance(value, dict)):
                     refs = value.get("classes") if key == "same_class_as" else value
@@ -202,7 +207,9 @@ def load_rule(path: Path, root: Path, terminology: Terminology) -> Rule:
         foreach=data.get("foreach"),
         description=data.get("description", ""),
         escalate=tuple(data.get("escalate") or ()),
+        optional=tuple(data.get("optional") or ()),
         reads=frozenset(reads),
+        context_reads=frozenset(context_reads - reads),
         compiled=compiled,
         max_cards=data.get("max_cards"),
         note_evidence=data.get("noteEvidence") == "allowed",

@@ -120,6 +120,11 @@ def build_card(finding: Finding, facts) -> dict:
     evidence = evidence_in(finding.bindings)
     if evidence:  # a fact from a note fired it: quote the sentence, name the document, say who read it
         detail = (detail + "\n\n" if detail else "") + evidence_markdown(evidence)
+    if finding.unknown:  # a refinement could not use all the data: say so, never imply "none recorded"
+        detail = (detail + "\n\n" if detail else "") + (
+            f"_Not known for this card: {', '.join(finding.unknown)} data could not be had in full, so the "
+            "patient factors and indicator changes that depend on it were not applied._"
+        )
     card["detail"] = (detail + "\n\n" if detail else "") + "**Sources**\n" + refs
     if spec.get("source"):
         card["source"] = {
@@ -128,13 +133,17 @@ def build_card(finding: Finding, facts) -> dict:
     else:  # the first reference is the primary source of guidance, cited by its whole title
         card["source"] = {"label": _one_line(rule.references[0].title), "url": rule.references[0].url}
     suggestions = []
+    drafts = {d.ref for d in facts.draft_orders}
     for i, suggestion in enumerate(spec.get("suggestions") or []):
         if i not in finding.suggestion_indices:
             continue
+        actions = [_render_tree(rule, a, ctx) for a in suggestion["actions"]]
+        if any(_changes_signed_record(a, drafts) for a in actions):
+            continue  # chart review: a card proposes changes to draft orders only, never to signed records
         rendered = {
             "label": _render(rule, suggestion["label"], ctx),
             "uuid": str(uuid.uuid4()),
-            "actions": [_render_tree(rule, a, ctx) for a in suggestion["actions"]],
+            "actions": actions,
         }
         if suggestion.get("isRecommended"):
             rendered["isRecommended"] = True
@@ -159,6 +168,17 @@ def build_card(finding: Finding, facts) -> dict:
     if evidence:
         card["extension"]["org.cds-service.note-evidence"] = [m.as_record() for m in evidence]
     return card
+
+
+def _changes_signed_record(action: dict, drafts: set[str]) -> bool:
+    """A delete or update of something that is not one of this call's draft orders (on patient-view the
+    medication under review is a signed order or a fill: stopping it is the clinician's act in the EHR)."""
+    if action.get("type") == "delete":
+        return action.get("resourceId") not in drafts
+    if action.get("type") == "update":
+        resource = action.get("resource") or {}
+        return f"{resource.get('resourceType')}/{resource.get('id')}" not in drafts
+    return False
 
 
 def validate_card(card: dict) -> str | None:

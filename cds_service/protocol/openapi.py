@@ -15,6 +15,7 @@ from .schemas import (
     FeedbackResponseSchema,
     HookRequestSchema,
     OperationOutcomeSchema,
+    OrderSelectContextSchema,
     OrderSignContextSchema,
     PatientViewContextSchema,
 )
@@ -55,6 +56,7 @@ def openapi_document() -> dict:
         ("HookRequest", HookRequestSchema),
         ("PatientViewContext", PatientViewContextSchema),
         ("OrderSignContext", OrderSignContextSchema),
+        ("OrderSelectContext", OrderSelectContextSchema),
         ("CdsResponse", CdsResponseSchema),
         ("Discovery", DiscoveryResponseSchema),
         ("FeedbackRequest", FeedbackRequestSchema),
@@ -80,7 +82,8 @@ def openapi_document() -> dict:
         path="/cds-services/{service_id}",
         operations={
             "post": {
-                "summary": "Call a CDS Service (context per hook: see PatientViewContext, OrderSignContext)",
+                "summary": "Call a CDS Service (context per hook: see PatientViewContext, "
+                "OrderSelectContext, OrderSignContext)",
                 "parameters": [service_id],
                 "requestBody": {"required": True, **json_body("HookRequest")},
                 "responses": {

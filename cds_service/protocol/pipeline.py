@@ -38,6 +38,7 @@ from ..clinical.terminology import Terminology
 from ..ehr.data_quality import Action, DataIssue, reference_of, screen
 from ..ehr.documents import DOCUMENT_TYPES, read_documents
 from ..ehr.fhir_client import FhirAccess, FhirClient
+from ..ehr.medication_refs import MedicationReads, read_medications
 from ..ehr.prefetch import PrefetchResult, resolve
 from ..ehr.validation import ResourceValidator, patient_scope_problem, raise_invalid
 from ..errors import CdsError, InvalidRequest, Issue, PrefetchUnavailable, clip
@@ -91,6 +92,11 @@ class HookRequest:
         return self.context.get("encounterId")
 
     @property
+    def selections(self) -> tuple[str, ...]:
+        """order-select: the draft orders the user selected (``Type/id``, each checked to be a draft)."""
+        return tuple(self.context.get("selections") or ())
+
+    @property
     def access_token(self) -> str | None:
         return (self.fhir_authorization or {}).get("access_token")
 
@@ -134,6 +140,7 @@ class HookCall:
     usable: list[tuple[str, dict]] = field(default_factory=list)  # (where, resource) the screen kept
     data_issues: list[DataIssue] = field(default_factory=list)  # normalised / set aside / used with problems
     data_quality_card: str | None = None  # uuid of the info card saying checks ran on part of the data
+    medication_reads: MedicationReads | None = None  # Medications read by reference, and those unidentified
     error: CdsError | None = None
     status: int = 200
 
@@ -191,11 +198,15 @@ def parse(call: HookCall) -> None:
         envelope.get("fhirAuthorization"),
         envelope.get("prefetch"),
     )
-    if hook == "order-sign":
+    if hook in DRAFT_HOOKS:
         call.drafts = [e["resource"] for e in context["draftOrders"].get("entry") or []]
 
 
-# order-sign's draftOrders (CDS Hooks order-sign 1.0, R4), and the Medication resources they may reference
+# The hooks whose context carries draftOrders (order-select: the ones being written, of which `selections`
+# were just chosen; order-sign: the ones about to be signed)
+DRAFT_HOOKS = frozenset({"order-select", "order-sign"})
+# Their draftOrders (CDS Hooks order-select / order-sign 1.0, R4), and the Medication resources these
+# may reference
 DRAFT_TYPES = frozenset(
     {"DeviceRequest", "MedicationRequest", "NutritionOrder", "ServiceRequest", "VisionPrescription"}
 )
@@ -216,7 +227,7 @@ def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
         if rtype not in DRAFT_TYPES | _DRAFT_SUPPORT:
             issues.append(
                 Issue(
-                    f"{where}.resourceType: {clip(rtype, 40)} is not an order order-sign carries "
+                    f"{where}.resourceType: {clip(rtype, 40)} is not an order {call.request.hook} carries "
                     f"({', '.join(sorted(DRAFT_TYPES))})",
                     (f"{where}.resourceType",),
                 )
@@ -246,6 +257,11 @@ def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
                 )
             )
         checked_drafts.append(checked.resource)
+    for i, selection in enumerate(call.request.selections):  # order-select: the schema checked each names
+        if selection.partition("/")[0] not in DRAFT_TYPES:  # a draft; a Medication is no order
+            where = f"context.selections[{i}]"
+            why = f"{clip(selection)} is not an order ({', '.join(sorted(DRAFT_TYPES))})"
+            issues.append(Issue(f"{where}: {why}", (where,)))
     if issues:
         raise_invalid(issues)
     call.drafts = checked_drafts
@@ -281,12 +297,38 @@ def check_data(call: HookCall, validator: ResourceValidator) -> None:
     call.usable = screened.usable
 
 
+def resolve_medications(call: HookCall, validator: ResourceValidator, executor: Executor | None) -> None:
+    """Medications named only by reference: read the Medications the call did not bring from the FHIR
+    server (ehr/medication_refs.py); one that stays unidentified is set aside and said, never dropped."""
+    reads = read_medications(call.usable + _located_drafts(call), call.fhir_client, executor)
+    if not reads.outcomes and not reads.unidentified:
+        return
+    call.medication_reads = reads
+    if reads.read:
+        screened = screen(reads.read, call.request.patient_id, validator, ELEMENTS_READ)
+        call.hashes.update(screened.digests)
+        call.data_issues.extend(screened.issues)
+        call.usable += screened.usable
+    set_aside = set()
+    for where, resource, why in reads.unidentified:
+        fields = (f"{where}.medicationReference",)
+        rtype = resource.get("resourceType")
+        call.data_issues.append(
+            DataIssue(where, Action.SET_ASIDE, why, fields, reference_of(resource), rtype)
+        )
+        if not where.startswith("context."):  # a draft stays: it is what is being signed
+            set_aside.add(id(resource))
+    if set_aside:
+        call.usable = [(w, r) for w, r in call.usable if id(r) not in set_aside]
+
+
 def read_notes(call: HookCall, reader: NoteReader, reasoner: Reasoner | None) -> None:
     """The text of the notes and reports (ehr/documents.py), the mentions in it (clinical/note_extraction.py)
     and their assertion status: the ConText baseline's, or the LLM's where its measured figures earn it
-    (reasoning/capabilities.py). The LLM never holds up the rules: on order-sign only answers already
-    cached are used (patient-view asked for them when the chart opened); on patient-view it is waited for
-    within the response budget. Whatever is not ready is recorded as pending and the baseline decides."""
+    (reasoning/capabilities.py). The LLM never holds up the rules: on order-sign and order-select only
+    answers already cached are used (patient-view asked for them when the chart opened); on patient-view
+    it is waited for within the response budget. Whatever is not ready is recorded as pending and the
+    baseline decides."""
     documents = [r for _, r in call.usable if r.get("resourceType") in DOCUMENT_TYPES]
     if not documents and not any(t in DOCUMENT_TYPES for t in call.service.resource_types.values()):
         return
@@ -330,7 +372,7 @@ def build_facts(call: HookCall, builder: FactsBuilder) -> None:
     incomplete = frozenset(
         i.resource_type or call.service.resource_types.get(i.location.split(".")[1], "unknown")
         for i in call.data_issues
-        if i.action is Action.SET_ASIDE and i.location.startswith("prefetch.")
+        if i.action is Action.SET_ASIDE and i.location.startswith(("prefetch.", "context.draftOrders"))
     )
     call.facts = builder.build(
         [r for _, r in call.usable],
@@ -341,6 +383,8 @@ def build_facts(call: HookCall, builder: FactsBuilder) -> None:
         incomplete=incomplete,
         today=call.today,
         mentions=call.mentions,
+        hook=call.request.hook,
+        selections=call.request.selections,  # order-select: only these drafts are the rules' subjects
     )
     if call.notes is not None:  # every mention and what became of it (used, or why not)
         call.notes["mentions"] = [
@@ -451,6 +495,7 @@ class HookPipeline:
             gather(call, self.fhir, self.executor)
             lap("prefetch")
             check_data(call, self.validator)
+            resolve_medications(call, self.validator, self.executor)
             lap("validate")
             read_notes(call, self.note_reader, self.reasoner)
             lap("notes")

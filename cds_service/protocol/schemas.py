@@ -21,7 +21,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from ..errors import FieldErrors, InvalidRequest
+from ..errors import FieldErrors, InvalidRequest, clip
 from ..indicators import INDICATORS
 
 # Bounds on what one call may carry (each answered 400 naming the field): every evaluation stays
@@ -156,9 +156,49 @@ class OrderSignContextSchema(PatientViewContextSchema):
     draftOrders = fields.Nested(BundleSchema, required=True)
 
 
+def draft_refs(bundle: dict) -> set[str]:
+    """The ``Type/id`` of each draft order of a draftOrders Bundle: what a selection names."""
+    return {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict)
+        and isinstance(e.get("resource"), dict)
+        and isinstance(e["resource"].get("id"), str)
+    }
+
+
+class OrderSelectContextSchema(OrderSignContextSchema):
+    """order-select 1.0 (CDS Hooks 2.0): the orders being written (`draftOrders`) and the ones the user
+    just selected (`selections`, each naming a resource of `draftOrders`, e.g. ``MedicationRequest/103``)."""
+
+    selections = fields.List(
+        fields.String(validate=validate.Length(min=1)),
+        required=True,
+        validate=validate.Length(
+            min=1, max=MAX_DRAFT_ORDERS, error="Between {min} and {max} selected draft orders."
+        ),
+    )
+
+    @validates_schema
+    def _selections_name_drafts(self, data, **kwargs):
+        if "draftOrders" not in data or "selections" not in data:
+            return  # already reported as missing or malformed
+        known = draft_refs(data["draftOrders"])
+        errors = {}
+        for i, selection in enumerate(data["selections"]):
+            if selection not in known:
+                errors[i] = [
+                    f"{clip(selection)} names no resource in context.draftOrders "
+                    "(a selection is the Type/id of one of the draft orders)."
+                ]
+        if errors:
+            raise ValidationError({"selections": errors})
+
+
 CONTEXT_SCHEMAS: dict[str, type[Schema]] = {
     "patient-view": PatientViewContextSchema,
     "order-sign": OrderSignContextSchema,
+    "order-select": OrderSelectContextSchema,
 }
 
 
