@@ -1,11 +1,12 @@
 """Agreement with the CDC opioid guideline reference CDS (cqframework/opioid-cds-r4) on its own test requests.
 
 Every request in benchmarks/cdc-opioid/requests/ is rolled to today (roll_dates.py), posted through the
-Flask test
-client to the service expected.json names, and the answer (a card or no card) compared with the reference
-outcome. Agreement = cases where card / no card matches `expect`, over the cases with `expect` card or no-card
-whose service exists here. `uncertain` cases (the sources disagree, or the reference logic changed since the
-outcome was recorded) are listed apart, as are cases whose service does not exist here.
+Flask test client to the service expected.json names (or, where it names none because the reference no
+longer ships one, the service here that SERVICES names), and the answer (a card or no card) compared with the
+reference outcome. Agreement = cases where card / no card matches `expect`, over the cases with `expect` card
+or no-card.
+`uncertain` cases (the sources disagree, or the reference logic changed since the outcome was recorded) are
+listed apart. Every case has a service here; a missing one is an error.
 
 Two adjustments, both printed per case:
 - repairs of upstream data defects that would make this service answer 400 (invalid FHIR R4): an Encounter
@@ -55,9 +56,12 @@ _spec = importlib.util.spec_from_file_location("cdc_opioid_roll_dates", BENCH / 
 roll_dates = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(roll_dates)
 
-# The order-select requests of Recommendation 11, re-sent as order-sign to the service standing in for the
-# reference's order-select service (shown apart, never counted: no service of that id exists here).
-STAND_INS = {"opioidcds-11-order-select": "opioidcds-11-order-sign"}
+# Cases whose `service` is null in expected.json (the reference's HEAD has no such service; its test requests
+# remain): (recommendation, hook) -> the service here that answers them.
+SERVICES = {
+    ("REC03", "patient-view"): "opioidcds-03-patient-view",  # OpioidCDSREC03PatientView, IG 2022.1.0
+    ("REC10", "order-select"): "opioidcds-10-order-select",  # opioidcds-10 (OpioidCDSREC10), IG 2022.1.0
+}
 
 # Why our answer is what it is where the recorded outcome is uncertain or differs, per request
 # (checked against the rules and the reference CQL at HEAD).
@@ -110,14 +114,13 @@ class CaseResult:
     nulled: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # items with data that the service does not declare
     body: dict | None = None
-    stand_in: bool = False
     notices: list[dict] = field(
         default_factory=list
     )  # data-quality cards (checks that ran on part of the data)
 
     @property
     def counted(self) -> bool:
-        return self.ran and not self.stand_in and self.expect in ("card", "no-card")
+        return self.ran and self.expect in ("card", "no-card")
 
     @property
     def agreed(self) -> bool:
@@ -206,34 +209,10 @@ def fill_absent_items(request: dict, keys: list[str]) -> tuple[dict, list[str]]:
     return {**request, "prefetch": prefetch}, absent
 
 
-def refile(request: dict, definition) -> dict:
-    """Stand-in only: put every prefetch resource of the request under the service item of its type (another
-    service's requests number their items differently); Medication resources go with MedicationRequests."""
-    by_type: dict[str, list[dict]] = defaultdict(list)
-    for _holder, _slot, resource in _resources({"prefetch": request.get("prefetch") or {}}):
-        if isinstance(resource, dict):
-            rtype = resource.get("resourceType")
-            by_type["MedicationRequest" if rtype == "Medication" else rtype].append(resource)
-    prefetch: dict = {}
-    for template in definition.templates:
-        found = by_type.pop(definition.resource_types[template.key], [])
-        if definition.resource_types[template.key] == "Patient":
-            prefetch[template.key] = found[0] if found else None
-        else:
-            prefetch[template.key] = (
-                {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in found]}
-                if found
-                else None
-            )
-    return {**request, "prefetch": prefetch}
-
-
 def _post(client, registry, service_id: str, hook: str, request: dict, result: CaseResult, fhir=None) -> None:
     definition = registry.by_hook(service_id)[hook]
     if fhir is None:
         request, result.repairs = repair(request)
-    if result.stand_in:
-        request = refile(request, definition)
     declared = {t.key for t in definition.templates}
     result.ignored = [
         k for k, v in (request.get("prefetch") or {}).items() if v is not None and k not in declared
@@ -332,7 +311,7 @@ def _about(resource: dict, patient: str) -> bool:
 
 
 def run(mode: str = "repaired") -> Report:
-    """Roll to today, post and compare every case of expected.json (plus the REC11 order-select stand-ins).
+    """Roll to today, post and compare every case of expected.json, each to its service.
     `mode`: ``repaired`` or ``fhir-server`` (see the module docstring)."""
     today = datetime.now(UTC).date()  # the day the service evaluates on (UTC, as facts.py)
     expected = json.loads((BENCH / "expected.json").read_text(encoding="utf-8"))
@@ -351,22 +330,12 @@ def run(mode: str = "repaired") -> Report:
                 request = json.loads((BENCH / case["request"]).read_text(encoding="utf-8"))
                 rolled = roll_dates.roll_request(request, today)
                 name = Path(case["request"]).stem.replace("request-example-", "")
-                result = CaseResult(case, name, case["recommendation"], case["service"], case["expect"])
-                if case["service"] and case["service"] in rt.registry:
-                    _post(client, rt.registry, case["service"], case["hook"], rolled, result, fhir)
+                service = case["service"] or SERVICES.get((case["recommendation"], case["hook"]))
+                if service not in rt.registry or case["hook"] not in rt.registry.by_hook(service):
+                    raise SystemExit(f"{name}: no {case['hook']} service {service!r} here")
+                result = CaseResult(case, name, case["recommendation"], service, case["expect"])
+                _post(client, rt.registry, service, case["hook"], rolled, result, fhir)
                 results.append(result)
-                stand_in = STAND_INS.get(case["service"] or "")
-                if stand_in and stand_in in rt.registry:
-                    alt = CaseResult(
-                        case, name, case["recommendation"], stand_in, case["expect"], stand_in=True
-                    )
-                    as_sign = {
-                        **rolled,
-                        "hook": "order-sign",
-                        "context": {k: v for k, v in rolled["context"].items() if k != "selections"},
-                    }
-                    _post(client, rt.registry, stand_in, "order-sign", as_sign, alt, fhir)
-                    results.append(alt)
         finally:
             rt.close()
             if fhir is not None:
@@ -383,26 +352,20 @@ def render(report: Report, verbose: bool = False) -> str:
     lines = [f"CDC opioid reference CDS agreement ({how}), dates rolled to {report.today.isoformat()}", ""]
     by_rec: dict[str, list[CaseResult]] = defaultdict(list)
     for r in report.results:
-        if not r.stand_in:
-            by_rec[r.recommendation].append(r)
-    lines.append(
-        f"{'recommendation':<15}{'counted':>8}{'agreed':>8}{'disagreed':>10}{'uncertain':>10}{'not run':>9}"
-    )
+        by_rec[r.recommendation].append(r)
+    lines.append(f"{'recommendation':<15}{'counted':>8}{'agreed':>8}{'disagreed':>10}{'uncertain':>10}")
     for rec in sorted(by_rec):
         rs = by_rec[rec]
         counted = [r for r in rs if r.counted]
         agreed = sum(r.agreed for r in rs)
         uncertain = sum(r.ran and r.expect == "uncertain" for r in rs)
-        lines.append(
-            f"{rec:<15}{len(counted):>8}{agreed:>8}{len(counted) - agreed:>10}{uncertain:>10}"
-            f"{sum(not r.ran for r in rs):>9}"
-        )
+        lines.append(f"{rec:<15}{len(counted):>8}{agreed:>8}{len(counted) - agreed:>10}{uncertain:>10}")
     counted = report.counted
     pct = 100.0 * report.agreed / len(counted) if counted else 0.0
     lines += [
         "",
         f"OVERALL agreement: {report.agreed}/{len(counted)} ({pct:.1f}%) of the cases with an expected "
-        "card / no card whose service exists here",
+        "card / no card",
         "",
     ]
 
@@ -418,7 +381,7 @@ def render(report: Report, verbose: bool = False) -> str:
     for r in disagreements:
         lines.append(describe(r))
         lines.append(f"      why: {WHY.get(r.name, 'no explanation recorded')}")
-    uncertain = [r for r in report.results if r.ran and r.expect == "uncertain" and not r.stand_in]
+    uncertain = [r for r in report.results if r.ran and r.expect == "uncertain"]
     lines += ["", f"Uncertain cases, not counted ({len(uncertain)}):"]
     for r in uncertain:
         lines.append(describe(r))
@@ -426,19 +389,6 @@ def render(report: Report, verbose: bool = False) -> str:
             f"      recorded: {r.case.get('expected_summary') or 'no card'}; why: "
             f"{WHY.get(r.name, 'no explanation recorded')}"
         )
-    not_run = [r for r in report.results if not r.ran]
-    lines += ["", f"Not run: no service of that id here ({len(not_run)}):"]
-    for r in not_run:
-        lines.append(
-            f"  {r.recommendation:<9}{str(r.service or '(none at HEAD)'):<28}{r.name} ({r.case['hook']}), "
-            f"expected {r.expect}"
-        )
-    stand_ins = [r for r in report.results if r.stand_in]
-    if stand_ins:
-        ok = sum(r.got == r.expect for r in stand_ins if r.expect in ("card", "no-card"))
-        n = sum(r.expect in ("card", "no-card") for r in stand_ins)
-        lines += ["", f"Stand-in, not counted: order-select requests re-sent as order-sign ({ok}/{n} agree):"]
-        lines += [describe(r) for r in stand_ins]
     noticed = [r for r in report.answers if r.notices]
     lines += ["", f"Answers with a data-quality card (checks ran on part of the data): {len(noticed)}"]
     for r in noticed:

@@ -72,7 +72,7 @@ class Corpus:
     @classmethod
     def load(cls) -> "Corpus":
         hooks = fz.hook_bases(Content.load(Settings.load({"llm": "off"})).services)
-        orders = [b for b in hooks if b.body.get("hook") == "order-sign"]
+        orders = [b for b in hooks if b.body.get("hook") in ("order-select", "order-sign")]
         return cls(hooks, orders, fz.feedback_bases())
 
 

@@ -20,6 +20,7 @@ def _load(name: str):
 def test_rules_speed_benchmark_runs(capsys):
     figures = _load("rules_speed").main(["--runs", "2", "--resources", "300", "--no-pin"])
     assert figures["resources"] == 300 and figures["active_rules"] > 0
+    assert figures["review_rules"] > 0 and figures["review_active_medications"] > 0  # the chart review ran
     assert "median" in capsys.readouterr().out
 
 
