@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from shared import bundled_content
 from test_serve import free_port, start_serve, wait_ready
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -252,7 +253,8 @@ def test_the_page_calls_a_cds_service_at_another_url(sandbox, browser, tmp_path)
     server = start_serve(port, tmp_path / "other")
     try:
         wait_ready(other)
-        _use_services(browser, base, f"{other}/cds-services", "15 services")
+        services = len(bundled_content().services)  # the other instance serves the same content
+        _use_services(browser, base, f"{other}/cds-services", f"{services} services")
         _open_patient(browser, base, PATIENT, load=False)
         _sign(browser, "ibuprofen 200", "Ibuprofen 200 MG Oral Tablet")
         _critical_interaction_card(browser)
@@ -331,3 +333,24 @@ def test_a_card_from_another_service_cannot_run_script_in_the_page(sandbox, brow
         assert not card.find_elements("css selector", "script, img[onerror]")
     finally:
         hostile.shutdown()
+
+
+def test_choosing_an_order_calls_the_order_select_services_before_signing(sandbox, browser):
+    """CDS Hooks order-select from the page: adding a benzodiazepine for a patient on an opioid calls the
+    order-select services with that draft as `selections`, and the caution arrives before anyone signs."""
+    base, _ = sandbox
+    browser.get(f"{base}/sandbox/")
+    patient = "sandbox-opioid-benzodiazepine"
+    _wait(browser, lambda d: _css(d, f'li[data-patient-id="{patient}"] button'))
+    _css(browser, f'li[data-patient-id="{patient}"] button')[0].click()
+    _wait(browser, lambda d: _css(d, "#try-orders button[data-try-code]"))
+    offer = next(b for b in _css(browser, "#try-orders button[data-try-code]") if "alprazolam" in b.text)
+    offer.click()
+    _wait(browser, lambda d: _css(d, 'article.card[data-service-id="opioidcds-11-order-select"]'))
+    assert not _css(browser, "details.call[data-hook='order-sign']")  # nothing was signed
+    entry = _css(
+        browser, "details.call[data-hook='order-select'][data-service-id='opioidcds-11-order-select']"
+    )[0]
+    browser.execute_script("arguments[0].open = true;", entry)
+    draft_id = _css(browser, "#draft-orders li[data-draft-id]")[0].get_attribute("data-draft-id")
+    _wait(browser, lambda d: f'"MedicationRequest/{draft_id}"' in entry.text and '"selections"' in entry.text)

@@ -53,10 +53,14 @@ def _search(resources: list[dict], query: str) -> dict:
     applied: every resource is this patient's, and the charts keep their data inside the windows."""
     rtype, _, params = query.partition("?")
     found = [r for r in resources if r["resourceType"] == rtype]
+    includes = []
     for name, value in parse_qsl(params):
         if name in ("status", "category", "code") and "{{" not in value:
             found = [r for r in found if _token_matches(r, name, value)]
-    return searchset(found)
+        elif name == "_include" and value == f"{rtype}:medication":  # the Medications they refer to
+            refs = {(r.get("medicationReference") or {}).get("reference") for r in found}
+            includes = [r for r in resources if f"{r['resourceType']}/{r['id']}" in refs]
+    return searchset(found + includes)
 
 
 def prefetch_for(templates: dict[str, str], resources: list[dict]) -> dict:
@@ -152,7 +156,8 @@ def test_resource_ids_are_unique_and_carry_the_patient_id():
             assert resource["id"] == patient.id or resource["id"].startswith(f"{patient.id}-")
             assert len(resource["id"]) <= 64
             ref = (resource.get("subject") or resource.get("patient") or {}).get("reference")
-            assert resource["resourceType"] == "Patient" or ref == f"Patient/{patient.id}"
+            # a Medication (named by medicationReference) is about a drug, not a patient
+            assert resource["resourceType"] in ("Patient", "Medication") or ref == f"Patient/{patient.id}"
 
 
 def test_chart_data_lie_inside_the_prefetch_date_windows():

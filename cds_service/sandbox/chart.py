@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from ..clinical.facts import age_in_years, name_of
+from ..clinical.facts import MEDICATION_TYPES, SOURCES, age_in_years, name_of, resolve_medication
 from ..ehr.documents import read_documents
 from .store import SandboxStore
 
@@ -58,8 +58,22 @@ def _status(resource: dict, element: str) -> str:
     return concept_text(resource.get(element)) or _code(resource.get(element))
 
 
+def _medication_concept(store: SandboxStore, resource: dict) -> dict | None:
+    """The drug's concept: inline, or from the Medication it refers to (contained or on this server)."""
+    if resource.get("medicationCodeableConcept") is not None:
+        return resource["medicationCodeableConcept"]
+    ref = (resource.get("medicationReference") or {}).get("reference")
+    if not isinstance(ref, str):
+        return None
+    target = resolve_medication(ref, resource, {})
+    if target is None and "/" in ref:
+        target = store.read("Medication", ref.rstrip("/").rsplit("/", 1)[-1])
+    return (target or {}).get("code")
+
+
 def _dosage(request: dict) -> str:
-    for dosage in request.get("dosageInstruction") or []:
+    dosages = request.get("dosageInstruction") or request.get("dosage") or []
+    for dosage in dosages if isinstance(dosages, list) else [dosages]:
         if isinstance(dosage, dict):
             if dosage.get("text"):
                 return str(dosage["text"])
@@ -124,15 +138,21 @@ def chart_summary(store: SandboxStore, patient_id: str, today: date) -> dict | N
     problems.sort(key=lambda p: (p["clinicalStatus"] != "active", str(p["onset"] or "")), reverse=False)
     medications = [
         {
-            "display": concept_text(m.get("medicationCodeableConcept"))
+            "display": concept_text(concept)
             or (m.get("medicationReference") or {}).get("display")
             or (m.get("medicationReference") or {}).get("reference", ""),
-            "code": _code(m.get("medicationCodeableConcept")),
+            "code": _code(concept),
+            "source": SOURCES[rtype],
             "status": m.get("status"),
-            "authoredOn": m.get("authoredOn"),
+            "authoredOn": m.get("authoredOn")
+            or m.get("whenHandedOver")
+            or (m.get("effectivePeriod") or {}).get("start")
+            or m.get("effectiveDateTime"),
             "dosage": _dosage(m),
         }
-        for m in of("MedicationRequest")
+        for rtype in MEDICATION_TYPES
+        for m in of(rtype)
+        for concept in [_medication_concept(store, m)]
     ]
     medications.sort(key=lambda m: (m["status"] != "active", str(m["authoredOn"] or "")))
     allergies = [

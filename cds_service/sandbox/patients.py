@@ -18,13 +18,15 @@ from typing import Any
 
 import jsonschema
 
+from ..clinical.facts import MEDICATION_TYPES
+from ..clinical.routes import ROUTES
 from ..clinical.rule_cases import CaseBuilder
 from ..clinical.terminology import RXNORM
 from ..content import check_schema, read_yaml, relative_name
 from ..errors import ContentError, field_path
 
 SANDBOX_USER = "Practitioner/sandbox-clinician"
-HOOKS = ("order-sign", "patient-view")
+HOOKS = ("order-sign", "order-select", "patient-view")
 # The longest suffix CaseBuilder adds is "-servicerequest-NNN" (19 characters); FHIR ids stop at 64.
 MAX_PATIENT_ID = 40
 
@@ -68,6 +70,9 @@ _MEDICATION = _item(
         "supplyDays": _DAYS,
         "validityDays": _DAYS,
         "requester": _TEXT,
+        "resourceType": {"enum": list(MEDICATION_TYPES)},
+        "route": {"enum": list(ROUTES)},
+        "byReference": {"type": "boolean"},
     }
 )
 _CHART_ITEMS = {
@@ -202,7 +207,10 @@ class Demonstration:
     def context(self, user: str = SANDBOX_USER) -> dict:
         """The hook request's `context`, as an EHR would send it for this demonstration."""
         out: dict[str, Any] = {"userId": user, "patientId": self.patient_id}
-        if self.hook == "order-sign":
+        if self.hook == "order-select":  # the first draft was just chosen; the others are context
+            first = self.draft_orders[0]
+            out["selections"] = [f"{first['resourceType']}/{first['id']}"]
+        if self.hook in ("order-sign", "order-select"):
             out["draftOrders"] = {
                 "resourceType": "Bundle",
                 "type": "collection",
@@ -274,11 +282,11 @@ def _patient(data: dict, i: int, today: date, rel: str) -> SandboxPatient:
     try_orders: dict[str, dict] = {}  # by content: the same drug with another supply is another offer
     for j, demo in enumerate(data["demonstrations"]):
         drafts = demo.get("draftOrders") or []
-        if (demo["hook"] == "order-sign") != bool(drafts):
+        if (demo["hook"] != "patient-view") != bool(drafts):
             raise ContentError(
                 rel,
                 field_path(["patients", i, "demonstrations", j, "draftOrders"]),
-                "an order-sign demonstration needs draftOrders; a patient-view one has none",
+                "an order-sign or order-select demonstration needs draftOrders; a patient-view one has none",
             )
         for spec in drafts:
             offer = _try_order(spec)

@@ -34,8 +34,9 @@ function fhirAuthorization() {
  * The hook request for one service, and one row per prefetch key saying what was sent.
  * With sendPrefetch off no prefetch is sent, so the service must fetch from fhirServer itself.
  */
-export async function buildHookRequest({ config, service, hook, patientId, draftOrders, sendPrefetch }) {
+export async function buildHookRequest({ config, service, hook, patientId, draftOrders, selections, sendPrefetch }) {
   const context = { userId: config.userId, patientId };
+  if (selections) context.selections = selections; // order-select: the order(s) just chosen
   if (draftOrders) context.draftOrders = draftOrders;
   const body = {
     hookInstance: uuid(),

@@ -99,10 +99,12 @@ export class OrderWriter {
    * @param {object} options
    * @param {() => ({patient: object|null, userId: string})} options.context
    * @param {(bundle: object) => void} options.onSign
+   * @param {(bundle: object, selections: string[]) => void} [options.onSelect] a draft was added (order-select)
    */
-  constructor({ context, onSign }) {
+  constructor({ context, onSign, onSelect = () => {} }) {
     this.context = context;
     this.onSign = onSign;
+    this.onSelect = onSelect;
     this.drafts = [];
     this.nextId = 1;
     this.selected = null;
@@ -255,6 +257,7 @@ export class OrderWriter {
       this.drafts.push(draft);
       this.say(`Added ${draftLabel(draft)}, as this patient's example writes it.`);
       this.render();
+      this.selectedNow(draft);
       return;
     }
     if (t.code) {
@@ -295,6 +298,12 @@ export class OrderWriter {
     this.select(null);
     this.el.search.value = "";
     this.render();
+    this.selectedNow(draft);
+  }
+
+  /** CDS Hooks order-select: the clinician has just chosen this order; the other drafts are context. */
+  selectedNow(draft) {
+    this.onSelect(this.bundle(), [`${draft.resourceType}/${draft.id}`]);
   }
 
   newId() {

@@ -166,6 +166,7 @@ export function renderChart(chart) {
     ),
     table("Medications", chart.medications || [], [
       ["medication", (m) => m.display],
+      ["source", (m) => m.source],
       ["status", (m) => m.status],
       ["dosage", (m) => m.dosage],
       ["written", (m) => shortDate(m.authoredOn)],

@@ -20,6 +20,7 @@ const inspector = new Inspector();
 const orders = new OrderWriter({
   context: () => ({ patient: state.patient, userId: state.config?.userId }),
   onSign: (bundle) => signOrders(bundle),
+  onSelect: (bundle, selections) => selectOrders(bundle, selections),
 });
 const cards = new CardBoard({
   applySuggestion: (suggestion) => orders.applyActions(suggestion.actions || []),
@@ -96,7 +97,7 @@ function servicesFor(hook) {
 
 // ---- hook calls ----
 
-async function callHook(service, hook, { patient, draftOrders, generation }) {
+async function callHook(service, hook, { patient, draftOrders, selections, generation }) {
   cards.pending(service, hook);
   const { body, prefetchRows } = await buildHookRequest({
     config: state.config,
@@ -104,6 +105,7 @@ async function callHook(service, hook, { patient, draftOrders, generation }) {
     hook,
     patientId: patient.id,
     draftOrders,
+    selections,
     sendPrefetch: byId("send-prefetch").checked,
   });
   const record = await callCds(service.url, { body });
@@ -115,16 +117,16 @@ async function callHook(service, hook, { patient, draftOrders, generation }) {
   await followUp(entry, record, hook, state.config);
 }
 
-function fireHook(hook, draftOrders) {
+function fireHook(hook, draftOrders, selections) {
   const patient = state.patient;
   const services = servicesFor(hook);
   if (!services.length) {
-    setStatus(`No ${hook} service discovered at the discovery URL: nothing called.`);
+    if (hook !== "order-select") setStatus(`No ${hook} service discovered at the discovery URL: nothing called.`);
     return;
   }
   setStatus("");
   const generation = state.generation;
-  for (const service of services) callHook(service, hook, { patient, draftOrders, generation });
+  for (const service of services) callHook(service, hook, { patient, draftOrders, selections, generation });
 }
 
 async function openPatient(patient) {
@@ -142,6 +144,11 @@ async function openPatient(patient) {
   } catch (err) {
     if (generation === state.generation) showChartMessage(`Could not load the chart: ${err.message}`, true);
   }
+}
+
+function selectOrders(bundle, selections) {
+  cards.clearHook("order-select");
+  fireHook("order-select", bundle, selections);
 }
 
 function signOrders(bundle) {
