@@ -15,6 +15,14 @@ def searchset(resources: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
 
 
+# prefetch_keys: the keys to send (None: every key of the service, each a searchset of the case's data).
+
+
+def draft_bundle(drafts: list[dict]) -> dict:
+    """context.draftOrders of order-sign / order-select."""
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": d} for d in drafts]}
+
+
 def _medication_keys(by_type: dict[str, list[dict]]) -> dict[str, dict]:
     """The medication prefetch keys of both services: orders, statements, fills, administrations."""
     return {
@@ -36,18 +44,7 @@ def _by_type(case: dict, today: date | None) -> tuple[dict[str, list[dict]], lis
 def order_sign(
     case: dict,
     *,
-    prefetch_keys=(
-        "patient",
-        "medications",
-        "statements",
-        "dispenses",
-        "administrations",
-        "allergies",
-        "conditions",
-        "labs",
-        "notes",
-        "reports",
-    ),
+    prefetch_keys=None,
     today: date | None = None,
     **envelope,
 ) -> dict:
@@ -67,13 +64,9 @@ def order_sign(
         "context": {
             "userId": USER,
             "patientId": PATIENT_ID,
-            "draftOrders": {
-                "resourceType": "Bundle",
-                "type": "collection",
-                "entry": [{"resource": d} for d in drafts],
-            },
+            "draftOrders": draft_bundle(drafts),
         },
-        "prefetch": {k: full[k] for k in prefetch_keys},
+        "prefetch": full if prefetch_keys is None else {k: full[k] for k in prefetch_keys},
     }
     body.update(envelope)
     return body
@@ -82,22 +75,7 @@ def order_sign(
 def patient_view(
     case: dict,
     *,
-    prefetch_keys=(
-        "patient",
-        "medications",
-        "statements",
-        "dispenses",
-        "administrations",
-        "medicationHistory",
-        "conditions",
-        "observations",
-        "procedures",
-        "referrals",
-        "careplans",
-        "allergies",
-        "notes",
-        "reports",
-    ),
+    prefetch_keys=None,
     today: date | None = None,
     **envelope,
 ) -> dict:
@@ -119,7 +97,7 @@ def patient_view(
         "hook": "patient-view",
         "hookInstance": str(uuid.uuid4()),
         "context": {"userId": USER, "patientId": PATIENT_ID},
-        "prefetch": {k: full[k] for k in prefetch_keys},
+        "prefetch": full if prefetch_keys is None else {k: full[k] for k in prefetch_keys},
     }
     body.update(envelope)
     return body

@@ -535,3 +535,29 @@ def test_a_card_keeps_coming_when_only_its_refinements_data_is_missing(client):
     full = client.post(f"/cds-services/{builders.ORDER_SIGN_SERVICE}", json=builders.order_sign(case))
     detail = next(c for c in full.get_json()["cards"] if "Warfarin" in c["summary"])["detail"]
     assert "Not known for this card" not in detail
+
+
+def test_an_undated_fill_counts_as_current_the_safe_side(facts_of):
+    made, _ = CaseBuilder(TODAY).build(
+        {"medications": [{"resourceType": "MedicationDispense", "text": "Warfarin Sodium 5 MG Oral Tablet"}]}
+    )
+    del made[1]["whenHandedOver"]
+    facts = facts_of({}, resources=[made[1]])
+    assert [(m.source, m.is_active) for m in facts.medications] == [("dispensed", True)]
+
+
+def test_a_read_answered_with_another_medication_is_not_taken_for_it(make_app, fake_fhir):
+    patient, orders, medications, drafts = _chart_by_reference()
+    fake_fhir.routes["Medication/med-0"] = Reply(200, medications[1])  # asked for warfarin, got oxycodone
+    fake_fhir.routes["Medication/med-1"] = Reply(200, medications[1])
+    body = builders.order_sign({"draftOrders": []}, fhirServer=fake_fhir.base_url, fhirAuthorization=AUTH)
+    body["context"]["draftOrders"]["entry"] = [{"resource": d} for d in drafts]
+    body["prefetch"]["patient"] = patient
+    body["prefetch"]["medications"] = searchset(orders)
+    response, record = _post_order_sign(make_app(CDS_FHIR_ALLOWED_SERVERS=fake_fhir.base_url), body)
+    lookups = {x["reference"]: x for x in record["medicationReferences"]["lookups"]}
+    assert lookups["Medication/med-0"]["why"] == "the server answered Medication/med-1"
+    assert [u["medicationReference"] for u in record["medicationReferences"]["unidentified"]] == [
+        "Medication/med-0"
+    ]
+    assert [c["indicator"] for c in response.get_json()["cards"]] == ["info"]  # said, not silently unnamed

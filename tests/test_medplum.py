@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from builders import draft_bundle
 from shared import bundled_content
 
 from cds_service.clinical.rule_cases import USER, CaseBuilder
@@ -43,6 +44,15 @@ SYNTHEA = ("Christopher_Abshire", "Roberto_Graham", "Alberto_Atencio", "Max_Dick
 SYNTHETIC = "case-patient"
 EDGE = "edge-patient"
 TOKEN = "medplum-test-token"
+FHIR_AUTH = {
+    "fhirAuthorization": {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds-service",
+    }
+}
 
 _spec = importlib.util.spec_from_file_location(
     "roll_dates", ROOT / "benchmarks" / "cdc-opioid" / "roll_dates.py"
@@ -290,17 +300,13 @@ def full_prefetch(service, stored: list[dict], patient_id: str) -> dict:
     return prefetch
 
 
-def hook_request(service, patient_id: str) -> dict:
+def hook_request(service, patient_id: str, drafts=DRAFTS) -> dict:
     context: dict = {"userId": USER, "patientId": patient_id}
     if service.hook in ("order-sign", "order-select"):
-        _, drafts = CaseBuilder(date.today()).build({"draftOrders": DRAFTS})
+        _, drafts = CaseBuilder(date.today()).build({"draftOrders": drafts})
         for draft in drafts:
             draft["subject"] = {"reference": f"Patient/{patient_id}"}
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": d} for d in drafts],
-        }
+        context["draftOrders"] = draft_bundle(drafts)
         if service.hook == "order-select":  # the first draft just chosen, the others already written
             context["selections"] = [f"{drafts[0]['resourceType']}/{drafts[0]['id']}"]
     return {"hook": service.hook, "hookInstance": str(uuid.uuid4()), "context": context}
@@ -363,31 +369,8 @@ def test_medications_by_reference_and_from_fills_are_seen_through_medplum(
     if BY_REFERENCE not in medplum.stored:
         medplum.load(BY_REFERENCE, _by_reference_chart(BY_REFERENCE))
     app = make_app(CDS_FHIR_ALLOWED_SERVERS=medplum.base_url)
-    _, made = CaseBuilder(date.today()).build({"draftOrders": drafts})
-    for draft in made:
-        draft["subject"] = {"reference": f"Patient/{BY_REFERENCE}"}
     definition = next(s for s in bundled_content().services if s.id == service)
-    body = {
-        "hook": definition.hook,
-        "hookInstance": str(uuid.uuid4()),
-        "fhirServer": medplum.base_url,
-        "fhirAuthorization": {
-            "access_token": TOKEN,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        },
-        "context": {
-            "userId": USER,
-            "patientId": BY_REFERENCE,
-            "draftOrders": {
-                "resourceType": "Bundle",
-                "type": "collection",
-                "entry": [{"resource": d} for d in made],
-            },
-        },
-    }
+    body = {**hook_request(definition, BY_REFERENCE, drafts), "fhirServer": medplum.base_url, **FHIR_AUTH}
     response = app.test_client().post(f"/cds-services/{service}", json=body)
     assert response.status_code == 200, response.get_json()
     *_, record = outcome(app, response)
@@ -405,17 +388,7 @@ def test_every_service_fetching_from_medplum_agrees_with_full_prefetch(medplum, 
     stored = medplum.stored[patient_id]
     disagreements, fired = [], 0
     for service in bundled_content().services:
-        fetched_request = {
-            **hook_request(service, patient_id),
-            "fhirServer": medplum.base_url,
-            "fhirAuthorization": {
-                "access_token": TOKEN,
-                "token_type": "Bearer",
-                "expires_in": 300,
-                "scope": "patient/*.read",
-                "subject": "cds-service",
-            },
-        }
+        fetched_request = {**hook_request(service, patient_id), "fhirServer": medplum.base_url, **FHIR_AUTH}
         sent_request = {
             **hook_request(service, patient_id),
             "prefetch": full_prefetch(service, stored, patient_id),

@@ -8,7 +8,7 @@ import uuid
 from datetime import date
 
 import pytest
-from builders import _by_type, searchset
+from builders import _by_type, draft_bundle, searchset
 
 from cds_service.clinical.rule_cases import PATIENT_ID, USER
 
@@ -56,11 +56,7 @@ def order_select(case: dict, selections: list[str], *, hook: str = "order-select
     context = {
         "userId": USER,
         "patientId": PATIENT_ID,
-        "draftOrders": {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": d} for d in drafts],
-        },
+        "draftOrders": draft_bundle(drafts),
     }
     if hook == "order-select":
         context["selections"] = selections

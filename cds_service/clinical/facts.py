@@ -189,8 +189,6 @@ class Medication:
     route: str | None = None  # route group (routes.py); None: not said
     ended: datetime | None = None  # statement's effective end; dispense's supply end; administration's end
     current: bool | None = None  # taken now (dispenses, administrations, statements: decided at build time)
-    medication_ref: str | None = None  # the Medication it refers to (medicationReference), for the record
-    identified: bool = True  # False: nothing names the drug (an unresolved reference without display)
     same_as: str | None = None  # the current record this one repeats (a fill of an active order ...)
     based_on: tuple[str, ...] = ()  # orders it fills or follows (authorizingPrescription, basedOn, request)
 
@@ -770,9 +768,8 @@ class FactsBuilder:
         concept = r.get("medicationCodeableConcept")
         reference = r.get("medicationReference") if isinstance(r.get("medicationReference"), dict) else {}
         ref = reference.get("reference")
-        medication_ref, form = None, None
+        form = None
         if concept is None and isinstance(ref, str):
-            medication_ref = ref
             target = resolve_medication(ref, r, medication_index)
             if target is not None:
                 concept = target.get("code") or _ingredient_concept(target)
@@ -849,8 +846,6 @@ class FactsBuilder:
             route=route,
             ended=ended,
             current=current,
-            medication_ref=medication_ref,
-            identified=bool(codes or texts),
             based_on=_order_links(r),
         )
         if self.mme is not None:
@@ -1071,7 +1066,7 @@ def resolve_medication(ref: str, resource: dict, index: Mapping[str, dict]) -> d
     return index.get(ref) or index.get("Medication/" + ref.rstrip("/").rsplit("/", 1)[-1])
 
 
-def unresolved_medication_refs(resource: dict, index: Mapping[str, dict]) -> str | None:
+def missing_medication_ref(resource: dict, index: Mapping[str, dict]) -> str | None:
     """The `Medication/<id>` a medication resource refers to but the call did not bring, else None."""
     reference = resource.get("medicationReference")
     if resource.get("medicationCodeableConcept") is not None or not isinstance(reference, dict):
@@ -1120,8 +1115,10 @@ def _currency(r, rtype, status, authored, supply, per_day, now) -> tuple[datetim
     if rtype == "MedicationStatement":
         return end, status in ("active", "intended") and (end is None or end >= now - timedelta(days=1))
     if rtype == "MedicationDispense":
-        if status != "dispensed" or authored is None:
+        if status != "dispensed":
             return None, False
+        if authored is None:  # a fill with no date cannot be shown to have run out: the safe side
+            return None, True
         days = supply
         if days is None:  # units dispensed over doses a day (one unit a dose), when both are known
             quantity = r.get("quantity") if isinstance(r.get("quantity"), dict) else {}

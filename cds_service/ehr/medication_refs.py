@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from ..clinical.facts import MEDICATION_TYPES, resolve_medication, unresolved_medication_refs
+from ..clinical.facts import MEDICATION_TYPES, missing_medication_ref, resolve_medication
 from .fhir_client import FhirAccessError, FhirClient
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def read_medications(
     for where, r in located:
         if r.get("resourceType") not in MEDICATION_TYPES:
             continue
-        target = unresolved_medication_refs(r, index)
+        target = missing_medication_ref(r, index)
         if target is not None:
             wanted.setdefault(target, []).append((where, r))
         elif _unresolvable(r, index):
@@ -143,6 +143,10 @@ def _read_all(targets: list[str], client: FhirClient, executor: Executor | None,
         except Exception as exc:  # a hostile answer must not become a 500: the medication stays unknown
             log.error("Medication read failed unexpectedly: %s", type(exc).__name__)
             why = f"unexpected answer ({type(exc).__name__})"
+            out.outcomes.append({"reference": target, "outcome": "not read", "why": why})
+            continue
+        if f"Medication/{resource.get('id')}" != target:  # another resource than the one asked for
+            why = f"the server answered Medication/{resource.get('id')}"
             out.outcomes.append({"reference": target, "outcome": "not read", "why": why})
             continue
         found[target] = resource
