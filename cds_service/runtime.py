@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 from sqlalchemy.engine import Engine
 
+from .audit import log_writer
 from .audit.auditors import AuditorTokens
 from .audit.decision_log import DecisionLog
 from .audit.feedback import FeedbackStore
@@ -65,9 +66,10 @@ class Storage:
     feedback: FeedbackStore
 
     @classmethod
-    def open(cls, settings: Settings) -> "Storage":
-        engine = open_engine(settings.decision_log_url)
-        return cls(engine, DecisionLog(engine), FeedbackStore(engine))
+    def open(cls, settings: Settings, *, migrate: bool = True) -> "Storage":
+        engine = open_engine(settings.decision_log_url, migrate=migrate)
+        # Under `serve`, the master's decision-log writer (audit/log_writer.py); else None: this process.
+        return cls(engine, DecisionLog(engine, writer=log_writer.worker_client()), FeedbackStore(engine))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -89,9 +91,12 @@ class Runtime:
     executor: ThreadPoolExecutor | None = None  # parallel prefetch fetches
 
     @classmethod
-    def load(cls, settings: Settings, *, strict: bool = False, content: Content | None = None) -> "Runtime":
-        """Build everything `settings` names; `content` reuses content already loaded (it is read-only)."""
-        rt = cls(settings, Storage.open(settings))
+    def load(
+        cls, settings: Settings, *, strict: bool = False, content: Content | None = None, migrate: bool = True
+    ) -> "Runtime":
+        """Build everything `settings` names; `content` reuses content already loaded (it is read-only);
+        `migrate=False` requires the database schema to be current instead of upgrading it."""
+        rt = cls(settings, Storage.open(settings, migrate=migrate))
         try:
             rt.content = content if content is not None else Content.load(settings)
         except ContentError as exc:

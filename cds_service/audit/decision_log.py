@@ -12,6 +12,9 @@ content hash), never copied; access tokens are never part of a record.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select
@@ -19,9 +22,13 @@ from sqlalchemy.engine import Engine
 
 from ..canonical import canonical_json, utc_now
 from .chain import DECISIONS, GENESIS, ExpectedHead, advance, chain_hash, current_head
+from .group_commit import GroupCommitter
 from .integrity import Problem, VerifyReport, verify
+from .log_writer import WriterClient, WriterUnavailable
 from .record import DecisionRecord
 from .storage import cards, chain_anchor, decisions, rule_outcomes, write_transaction
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GENESIS", "Appended", "DecisionLog", "Problem", "VerifyReport", "chain_hash"]
 
@@ -33,31 +40,94 @@ class Appended:
     hash: str
 
 
+# Stand-ins for seq and prevHash while a record is serialised outside the write lock; under the lock the
+# real values replace them in the text. A per-process nonce: no request content can contain them.
+_NONCE = secrets.token_hex(16)
+_SEQ_MARK, _PREV_MARK = f"cds-seq-{_NONCE}", f"cds-prev-{_NONCE}"
+
+
+@dataclass
+class _Prepared:
+    """A record serialised, and its index rows derived, before the write lock is taken."""
+
+    record: DecisionRecord
+    body: str  # canonical JSON with the stand-ins
+    columns: dict
+    card_rows: list[dict]
+    outcome_rows: list[dict]
+    marks: tuple[str, str] = (_SEQ_MARK, _PREV_MARK)  # the preparing process's (the writer has its own)
+
+    @classmethod
+    def of(cls, record: DecisionRecord) -> "_Prepared":
+        record.data.update(seq=_SEQ_MARK, prevHash=_PREV_MARK)
+        body = canonical_json(record.data)
+        return cls(record, body, record.columns(), record.card_rows(), record.outcome_rows())
+
+    def chained(self, seq: int, prev: str) -> str:
+        """The canonical JSON of the record with its seq and prevHash: the same text `canonical_json`
+        gives for the record itself (audit verify recomputes and compares it)."""
+        self.record.data.update(seq=seq, prevHash=prev)
+        seq_mark, prev_mark = self.marks
+        return self.body.replace(f'"{seq_mark}"', str(seq), 1).replace(prev_mark, prev, 1)
+
+
 class DecisionLog:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, group_commit: bool = True, writer: WriterClient | None = None):
         self.engine = engine
+        # Under load, the appends of one process share a transaction (audit/group_commit.py) ...
+        self._committer = GroupCommitter(self._write_prepared, "cds-decision-log") if group_commit else None
+        # ... and under `serve`, those of every worker, in its writer process (audit/log_writer.py).
+        self._writer = writer
+        self._writer_down_logged = False
 
     def append(self, record: DecisionRecord) -> Appended:
-        """Append under the write lock: `seq` and `prevHash` are set on the record here, then the record
-        and every index row derived from it are written in one transaction."""
+        """Append and return once the record is committed: `seq` and `prevHash` are set on the record
+        under the write lock, then the record and every index row derived from it are written in the
+        same transaction. The record is serialised before the lock is taken, by the calling thread:
+        the lock is held only for chaining and writing."""
+        prepared = _Prepared.of(record)
+        if self._writer is not None:
+            try:
+                appended, prev = self._writer.append(prepared)
+            except WriterUnavailable as exc:  # not written there: written here, on the same chain
+                if not self._writer_down_logged:
+                    log.warning("decision-log writer unavailable (%s): this worker writes its records", exc)
+                    self._writer_down_logged = True
+            else:
+                record.data.update(seq=appended.seq, prevHash=prev)
+                return appended
+        return self.append_prepared(prepared)
+
+    def append_prepared(self, prepared: _Prepared) -> Appended:
+        if self._committer is None:
+            return self._write_prepared([prepared])[0]
+        return self._committer.submit(prepared)
+
+    def _write(self, records: Sequence[DecisionRecord]) -> list[Appended]:
+        return self._write_prepared([_Prepared.of(r) for r in records])
+
+    def _write_prepared(self, batch: Sequence[_Prepared]) -> list[Appended]:
+        appended: list[Appended] = []
+        rows, card_rows, outcome_rows = [], [], []
         with write_transaction(self.engine) as conn:
             head = current_head(conn, DECISIONS, decisions)
-            seq = head.seq + 1
-            record.data.update(seq=seq, prevHash=head.hash)
-            body = canonical_json(record.data)
-            digest = chain_hash(head.hash, body)
-            conn.execute(
-                insert(decisions).values(
-                    seq=seq, record=body, prev_hash=head.hash, hash=digest, **record.columns()
-                )
-            )
-            advance(conn, DECISIONS, head, seq, digest)
-            card_rows, outcome_rows = record.card_rows(), record.outcome_rows()
+            seq, prev = head.seq, head.hash
+            for item in batch:
+                seq += 1
+                body = item.chained(seq, prev)
+                digest = chain_hash(prev, body)
+                rows.append(dict(seq=seq, record=body, prev_hash=prev, hash=digest, **item.columns))
+                card_rows += item.card_rows
+                outcome_rows += item.outcome_rows
+                appended.append(Appended(item.record.id, seq, digest))
+                prev = digest
+            conn.execute(insert(decisions), rows)
+            advance(conn, DECISIONS, head, seq, prev)
             if card_rows:
                 conn.execute(insert(cards), card_rows)
             if outcome_rows:
                 conn.execute(insert(rule_outcomes), outcome_rows)
-        return Appended(record.id, seq, digest)
+        return appended
 
     def verify(
         self, batch: int = 1000, max_problems: int = 100, expect: list[ExpectedHead] | None = None

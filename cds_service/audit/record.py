@@ -56,6 +56,8 @@ class DecisionRecord:
             "rules": _rules(call) if call.error is None else [],
             "llm": call.llm,
         }
+        if call.request_id:  # the HTTP request's X-Request-Id: finds the call's log lines
+            data["requestId"] = call.request_id
         if request is not None:
             data["patient"] = f"Patient/{request.patient_id}"
             data["user"] = request.user_id
@@ -103,6 +105,7 @@ class DecisionRecord:
             "user_ref": d.get("user"),
             "client_id": (d.get("client") or {}).get("id"),
             "max_indicator": highest(c.get("indicator") for c in d["response"].get("cards") or []),
+            "request_id": d.get("requestId"),
         }
 
     def card_rows(self) -> list[dict]:

@@ -8,6 +8,8 @@ stays linear.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +24,6 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    inspect,
     text,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -50,6 +51,7 @@ decisions = Table(
     Column("user_ref", String(160)),
     Column("client_id", String(256)),
     Column("max_indicator", String(16)),
+    Column("request_id", String(128)),  # X-Request-Id: from a log line to its decision (migration 0002)
     Column("record", Text, nullable=False),  # canonical JSON of the decision
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
@@ -57,6 +59,7 @@ decisions = Table(
 Index("ix_decisions_patient", decisions.c.patient_ref)
 Index("ix_decisions_recorded", decisions.c.recorded_at)
 Index("ix_decisions_service", decisions.c.service_id)
+Index("ix_decisions_request", decisions.c.request_id)
 
 # Where the retained chain starts after a purge: the hash of the last purged record.
 chain_anchor = Table(
@@ -190,42 +193,40 @@ class SchemaOutdated(RuntimeError):
     """The database was created by an older version whose tables lack columns this one writes."""
 
 
-def init_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
-    # create_all never alters an existing table: refuse to start on an older layout rather than fail
-    # on every call (migrations: issue 13).
-    existing = inspect(engine)
-    missing = {
-        table.name: sorted(c.name for c in table.columns if c.name not in have)
-        for table in metadata.sorted_tables
-        if (have := {c["name"] for c in existing.get_columns(table.name)})
-        and not {c.name for c in table.columns} <= have
-    }
-    if missing:
-        detail = "; ".join(f"{t} lacks {', '.join(cols)}" for t, cols in missing.items())
-        raise SchemaOutdated(
-            f"the decision log at {engine.url.render_as_string(hide_password=True)} was created by an older "
-            f"version ({detail}). Keep it (its records verify with that version) and point CDS_DATA_DIR or "
-            "CDS_DECISION_LOG at a new location."
-        )
+@contextmanager
+def _sqlite_writer_lock(engine: Engine):
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    # One open file description per holder: flock excludes threads of this process as well as others.
+    fd = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager
 def write_transaction(engine: Engine):
     """A transaction holding the database-wide append lock (serialises chain appends across processes)."""
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
+    if engine.dialect.name == "sqlite":
+        # Writers of other processes queue on a file lock and wake when it is released: SQLite's own
+        # busy handler polls with sleeps of up to 100 ms, which made the latency tail under load.
+        with _sqlite_writer_lock(engine), engine.connect() as conn:
             conn.info["immediate"] = True
             try:
                 with conn.begin():
                     yield conn
             finally:
                 conn.info["immediate"] = False
-        else:
-            with conn.begin():
-                if engine.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK_KEY})
-                yield conn
+        return
+    with engine.connect() as conn:
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK_KEY})
+            yield conn
 
 
 def dialect_insert(conn: Connection):
@@ -237,8 +238,22 @@ def dialect_insert(conn: Connection):
     return insert
 
 
-def open_engine(url: str) -> Engine:
-    """The engine with every table created (idempotent)."""
+def init_schema(engine: Engine) -> None:
+    """Create or upgrade the tables (Alembic migrations; idempotent)."""
+    from .schema_version import upgrade
+
+    upgrade(engine)
+
+
+def open_engine(url: str, *, migrate: bool = True) -> Engine:
+    """The engine, its database upgraded to this version's schema (idempotent, under the write lock);
+    with `migrate=False` the schema must already be current (gunicorn workers: `serve` upgraded it)."""
+    from .schema_version import require_current, upgrade
+
     engine = make_engine(url)
-    init_schema(engine)
+    try:
+        upgrade(engine) if migrate else require_current(engine)
+    except Exception:
+        engine.dispose()
+        raise
     return engine
