@@ -83,8 +83,11 @@ def serve(host: str, port: int, workers: int, threads: int | None, sandbox: bool
     threads = threads or (16 if sandbox else 4)
 
     from .protocol.wsgi_server import run
+    from .telemetry.serving import gunicorn_options
 
     settings = _settings()
+    # First, before anything imports prometheus_client: the workers' shared metrics directory.
+    telemetry = gunicorn_options(settings.data_dir, settings.log_format, settings.log_level)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     base = settings.public_base_url.rstrip("/") or f"http://{shown_host}:{port}"
     if sandbox:
@@ -107,10 +110,15 @@ def serve(host: str, port: int, workers: int, threads: int | None, sandbox: bool
         # Workers read their settings from the environment: the sandbox's trust files are set there.
         os.environ.update(setup.settings_overrides(settings.fhir_allowed_servers))
         settings = _settings()
-    _content_or_exit(settings, 2)  # fail before forking workers if content is broken
-    # Create the tables once, here, before the workers fork: workers creating them at the same time on an
-    # empty SQLite file race ("table already exists" / "database is locked") and one fails to boot.
+    content = _content_or_exit(settings, 2)  # fail before forking workers if content is broken
+    # Migrate the schema once, here, before the workers fork (under the database's write lock, so other
+    # instances starting together wait): workers only check that it is current and never create tables.
     _open_storage(settings).close()
+    from .audit import log_writer
+
+    if settings.decision_log_writer == "process":
+        # One writer process for the decision log; the workers forked below hand it their records.
+        log_writer.start(settings.decision_log_url)
     if sandbox:
         click.echo(f"Sandbox (mock EHR):   {base}/sandbox/")
         click.echo(f"Sandbox FHIR server:  {base}/sandbox/fhir")
@@ -118,7 +126,64 @@ def serve(host: str, port: int, workers: int, threads: int | None, sandbox: bool
     click.echo(f"OpenAPI document:     {base}/openapi.json")
     click.echo(f"Health / readiness:   {base}/healthz  {base}/readyz")
     click.echo(f"Decision log:         {settings.decision_log_url.split('@')[-1]}")
-    run(host, port, workers, threads, read_timeout=settings.request_read_timeout)
+    run(
+        host,
+        port,
+        workers,
+        threads,
+        read_timeout=settings.request_read_timeout,
+        telemetry=telemetry,
+        content=content,  # loaded once here; the workers share it (a content change needs a restart)
+    )
+
+
+@main.group()
+def db() -> None:
+    """The service's database: its schema revision and migrations (Alembic)."""
+
+
+def _db_engine():
+    from .audit.storage import make_engine
+
+    url = _settings().decision_log_url
+    return make_engine(url), url.split("@")[-1]  # never print a password
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to this version's schema. Idempotent and locked: safe to run while other
+    instances start or serve (`serve` also runs it before its workers start)."""
+    from .audit.schema_version import upgrade
+    from .audit.storage import SchemaOutdated
+
+    engine, shown = _db_engine()
+    try:
+        before, after = upgrade(engine)
+    except SchemaOutdated as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        engine.dispose()
+    click.echo(
+        f"{shown}: "
+        + (f"at {after}, nothing to do" if before == after else f"{before or 'empty'} -> {after}")
+    )
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the one this version needs (exit 1 when they differ)."""
+    from .audit.schema_version import current_revision, head_revision
+
+    engine, shown = _db_engine()
+    try:
+        with engine.connect() as conn:
+            found = current_revision(conn)
+    finally:
+        engine.dispose()
+    expected = head_revision()
+    click.echo(f"{shown}: at {found or 'none'}; this version needs {expected}")
+    sys.exit(0 if found == expected else 1)
 
 
 @main.group()

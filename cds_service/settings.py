@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     hsts_max_age: int = Field(default=31_536_000, ge=0)
     # File of auditor tokens (name:sha256 lines, `cds-service audit token create`); empty: audit API off.
     audit_tokens: str = ""
+    # Who writes the decision log under `serve`: "process", one writer process per instance that batches
+    # every worker's records in shared transactions; "worker", each worker writes its own (the lock is
+    # then shared among workers).
+    decision_log_writer: Literal["process", "worker"] = "process"
     # Days decision records are kept; `cds-service audit purge` deletes older ones (0: keep forever).
     retention_days: int = 0
     # LLM: off | embedded | http(s) URL of an OpenAI-compatible server.
@@ -77,6 +81,8 @@ class Settings(BaseSettings):
     response_budget_ms: int = 450
     llm_max_new_tokens: int = 64
     log_level: str = "INFO"
+    # json: one JSON object per line with the request id (what log shippers parse); text: for a terminal.
+    log_format: Literal["json", "text"] = "json"
     # Serve the sandbox (mock-EHR page and sample-patient FHIR endpoint under /sandbox/). Set by
     # `cds-service serve --sandbox`, which also writes the sandbox's trust files; never on in production.
     sandbox: bool = False

@@ -56,7 +56,7 @@ def wait_ready(base: str, seconds: float = 60) -> None:
 
 @pytest.mark.slow
 def test_serve_with_several_workers_on_an_empty_data_dir(tmp_path):
-    """`serve` creates the tables once, before the workers fork. Workers creating them together on an empty
+    """`serve` migrates the schema once, before the workers fork. Workers creating them together on an empty
     SQLite file can race ("table already exists") and one fails to boot, taking gunicorn down: seen once in
     a black-box run, timing-dependent, so this guards against it rather than reproducing it on demand."""
     port = free_port()
@@ -81,6 +81,11 @@ def test_serve_with_several_workers_on_an_empty_data_dir(tmp_path):
         output, _ = proc.communicate(timeout=30)
     assert f"{base}/cds-services" in output  # the URLs are printed
     assert output.count("Booting worker") == 4 and "failed to boot" not in output, output
+    from cds_service.audit.schema_version import current_revision, head_revision
+    from cds_service.audit.storage import make_engine
+
+    with make_engine(f"sqlite:///{tmp_path / 'empty' / 'decision-log.sqlite3'}").connect() as conn:
+        assert current_revision(conn) == head_revision()  # migrated by the master before the fork
 
 
 def _raw(port: int, data: bytes, then_wait: float = 0.0) -> bytes:

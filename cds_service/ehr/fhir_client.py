@@ -42,6 +42,7 @@ import urllib3
 
 from ..errors import PrefetchUnavailable, clip
 from ..json_input import JsonInputError, parse_json
+from ..telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,10 @@ class FhirClient:
         """Run a rendered prefetch query. A read returns [resource] (or raises FhirNotFound); a search
         returns every entry resource across pages. Returns (resources, pages fetched, entries that held no
         resource, for the data screen to record)."""
+        with metrics.fhir_fetch(relative):
+            return self._get(relative)
+
+    def _get(self, relative: str) -> tuple[list[dict], int, list[EntryProblem]]:
         url = self.url_for(relative)
         path, _, query = relative.partition("?")
         segments = path.strip("/").split("/")
@@ -215,7 +220,11 @@ class FhirClient:
 
     def follow_pages(self, bundle: dict) -> tuple[list[dict], int, list[EntryProblem]]:
         """Complete a paginated searchset the client prefetched (spec: Example of Pagination)."""
-        return self._pages(bundle, self.base_url + "/", counted=0)
+        if next_link(bundle) is None:  # complete as sent: nothing is fetched
+            return self._pages(bundle, self.base_url + "/", counted=0)
+        entries, _ = bundle_entries(bundle)
+        with metrics.fhir_fetch(str(entries[0][1].get("resourceType")) if entries else "Bundle"):
+            return self._pages(bundle, self.base_url + "/", counted=0)
 
     def _pages(self, bundle: dict, base: str, counted: int) -> tuple[list[dict], int, list[EntryProblem]]:
         """The bundle's resources and those of every `next` page after it (each allowlisted), up to the

@@ -26,8 +26,9 @@ from ..errors import (
     UnsupportedMediaType,
     clip,
 )
-from ..runtime import Runtime
+from ..runtime import Content, Runtime
 from ..settings import Settings
+from ..telemetry import logs
 from . import rate_limit, security_headers
 from .hooks_api import hooks_api
 
@@ -37,29 +38,40 @@ _STATUS_ERRORS = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 41
 
 
 def create_app(
-    config: Mapping[str, Any] | None = None, *, strict: bool = False, runtime: Runtime | None = None
+    config: Mapping[str, Any] | None = None,
+    *,
+    strict: bool = False,
+    runtime: Runtime | None = None,
+    migrate: bool = True,
+    content: Content | None = None,
 ) -> Flask:
     """Build the app. `config` overrides CDS_* settings by the same names (tests pass a mapping);
-    `runtime` reuses one already built (tests share one per session)."""
+    `runtime` reuses one already built (tests share one per session); `migrate=False`: the database
+    schema must already be current (gunicorn workers, after `serve` upgraded it in the master)."""
     settings = runtime.settings if runtime is not None else Settings.load(config)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format, settings.log_level)
     app = Flask("cds_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     app.json.compact = True
-    app.extensions["cds_runtime"] = runtime if runtime is not None else Runtime.load(settings, strict=strict)
+    app.extensions["cds_runtime"] = (
+        runtime
+        if runtime is not None
+        else Runtime.load(settings, strict=strict, migrate=migrate, content=content)
+    )
     CORS(
         app,
         # Everything but the sandbox page's own backend (its JSON API mints trusted JWTs and hands out the
         # sandbox auditor token: same origin only). The sandbox FHIR server and JWKS stay open to browsers.
         resources={r"^/(?!sandbox(?:/api/|/pdca|/static/|/?$)).*": {}},
         origins=list(settings.cors_origins),
-        allow_headers=["Authorization", "Content-Type", "Prefer"],
+        allow_headers=["Authorization", "Content-Type", "Prefer", "X-Request-Id"],
         methods=["GET", "POST", "OPTIONS"],
-        # Browser clients read the timings and the decision id (CDS clients and the sandbox page).
-        expose_headers=["Server-Timing", "X-Decision-Id", "Link", "Retry-After"],
+        # Browser clients read the timings, the decision and request ids (CDS clients, the sandbox page).
+        expose_headers=["Server-Timing", "X-Decision-Id", "X-Request-Id", "Link", "Retry-After"],
         max_age=600,
     )
+    logs.init_app(app)  # first: the request hooks below log with the request id
     _register_errors(app)
     app.after_request(_drain_unread_body)
     security_headers.init_app(

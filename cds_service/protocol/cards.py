@@ -71,6 +71,8 @@ def template_context(finding: Finding, facts) -> dict[str, Any]:
 
 
 def _render(rule, text: str, ctx: dict) -> str:
+    if "{" not in text:  # no Jinja markup: most leaves of a suggestion's FHIR resource are plain text
+        return text.strip()
     return rule.template(text).render(ctx).strip()
 
 

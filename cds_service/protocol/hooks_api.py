@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import CdsError, HttpError, InvalidRequest, UnsupportedMediaType
 from ..json_input import parse_json
 from ..runtime import Runtime
+from ..telemetry import metrics as telemetry_metrics
 from .client_auth import ClientIdentity
 from .registry import ServiceRegistry
 from .schemas import FeedbackRequestSchema, load_or_400
@@ -72,6 +73,14 @@ def readyz():
     return jsonify(report), (200 if report["ready"] else 503)
 
 
+@hooks_api.get("/metrics")
+def metrics():
+    """Prometheus text format. No client JWT, like /healthz: the reverse proxy keeps it off the public
+    side (deploy/nginx.conf)."""
+    body, content_type = telemetry_metrics.exposition(request.headers.get("Accept"))
+    return body, 200, {"Content-Type": content_type}
+
+
 @hooks_api.get("/cds-services")
 def discovery():
     rt = _runtime()
@@ -88,7 +97,8 @@ def call_service(service_id: str):
     client = _authenticate(rt, f"/cds-services/{service_id}")
     answer = registry.call(service_id, _json_body(), client)
     response = jsonify(answer.body)
-    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in answer.timings_ms.items())
+    answer.watch.lap("render")
+    response.headers["Server-Timing"] = answer.server_timing()
     response.headers["X-Decision-Id"] = answer.decision_id
     return response
 

@@ -115,6 +115,15 @@ def openapi_document() -> dict:
         operations={"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
     )
     spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics (text format), for the monitoring network only",
+                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+            }
+        },
+    )
+    spec.path(
         path="/readyz",
         operations={
             "get": {

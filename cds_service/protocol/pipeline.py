@@ -43,6 +43,8 @@ from ..ehr.prefetch import PrefetchResult, resolve
 from ..ehr.validation import ResourceValidator, patient_scope_problem, raise_invalid
 from ..errors import CdsError, InvalidRequest, Issue, PrefetchUnavailable, clip
 from ..reasoning.reasoner import Reasoner
+from ..telemetry import metrics
+from ..telemetry.logs import current_request_id
 from .cards import IssuedCard, RejectedCard, cards_for, chart_summary_card, data_quality_card, validate_card
 from .client_auth import ClientIdentity
 from .registry import ServiceDefinition
@@ -141,6 +143,7 @@ class HookCall:
     data_issues: list[DataIssue] = field(default_factory=list)  # normalised / set aside / used with problems
     data_quality_card: str | None = None  # uuid of the info card saying checks ran on part of the data
     medication_reads: MedicationReads | None = None  # Medications read by reference, and those unidentified
+    request_id: str | None = field(default_factory=current_request_id)  # the HTTP request's (X-Request-Id)
     error: CdsError | None = None
     status: int = 200
 
@@ -168,8 +171,13 @@ class HookCall:
 @dataclass(frozen=True)
 class HookAnswer:
     body: dict
-    timings_ms: dict[str, float]
+    watch: Stopwatch  # the route adds its rendering of the body as a last stage
     decision_id: str
+
+    def server_timing(self) -> str:
+        """Every stage of the call, the decision-log append and the response rendering included."""
+        stages = dict(self.watch.stages, total=self.watch.total())
+        return ", ".join(f"{k};dur={v}" for k, v in stages.items())
 
 
 # -- stages ------------------------------------------------------------------------------------------
@@ -486,8 +494,31 @@ class HookPipeline:
     ) -> HookAnswer:
         return self.run(HookCall.start(service_id, candidates, body, client, today))
 
+    def warm(self, service_id: str, candidates: dict[str, ServiceDefinition], body: Any) -> list[dict]:
+        """Every stage but the LLM and the decision log, on a synthetic request (protocol/warm_up.py);
+        returns the cards it would have answered."""
+        from .warm_up import WARM_UP_CLIENT
+
+        call = HookCall.start(service_id, candidates, body, WARM_UP_CLIENT)
+        self._stages(call, llm=False)
+        if call.error is not None:
+            raise call.error
+        DecisionRecord.from_call(call)  # built, never appended
+        return call.cards
+
     def run(self, call: HookCall) -> HookAnswer:
         lap = call.watch.lap  # Server-Timing names
+        self._stages(call, llm=True)
+        lap("summary")
+        record = DecisionRecord.from_call(call)  # its timingsMs end here
+        lap("record")
+        self.decision_log.append(record)
+        lap("log")
+        metrics.observe_call(call, record, append_seconds=call.watch.stages["log"] / 1000)
+        return self._answer(call, record)
+
+    def _stages(self, call: HookCall, *, llm: bool) -> None:
+        lap = call.watch.lap
         try:
             parse(call)
             check_drafts(call, self.validator)
@@ -497,7 +528,7 @@ class HookPipeline:
             check_data(call, self.validator)
             resolve_medications(call, self.validator, self.executor)
             lap("validate")
-            read_notes(call, self.note_reader, self.reasoner)
+            read_notes(call, self.note_reader, self.reasoner if llm else None)
             lap("notes")
             build_facts(call, self.facts_builder)
             lap("facts")
@@ -505,7 +536,7 @@ class HookPipeline:
             lap("rules")
             build_cards(call)
             lap("cards")
-            if self.reasoner is not None and call.service.llm_task != "none":
+            if llm and self.reasoner is not None and call.service.llm_task != "none":
                 reason(call, self.reasoner)
                 lap("llm")
             summarise_chart(call, self.reasoner)
@@ -516,8 +547,8 @@ class HookPipeline:
             log.exception("hook call failed unexpectedly (decision %s)", call.decision_id)
             call.error = CdsError(f"internal error ({type(exc).__name__}); the event was logged")
             call.status = call.error.status
-        record = DecisionRecord.from_call(call)
-        self.decision_log.append(record)
+
+    def _answer(self, call: HookCall, record: DecisionRecord) -> HookAnswer:
         timings = record.data["timingsMs"]
         log.info(
             "decision %s service=%s status=%s cards=%d total_ms=%.1f",
@@ -531,4 +562,4 @@ class HookPipeline:
             # the record of a refusal, too; the app's error handler logs why
             call.error.headers["X-Decision-Id"] = call.decision_id
             raise call.error
-        return HookAnswer({"cards": call.cards}, timings, call.decision_id)
+        return HookAnswer({"cards": call.cards}, call.watch, call.decision_id)

@@ -32,7 +32,7 @@ from ..errors import TooManyRequests
 
 log = logging.getLogger(__name__)
 
-EXEMPT_ENDPOINTS = frozenset({"hooks_api.healthz", "hooks_api.readyz"})
+EXEMPT_ENDPOINTS = frozenset({"hooks_api.healthz", "hooks_api.readyz", "hooks_api.metrics"})
 # The sandbox (mock EHR and its FHIR endpoint) is not a CDS client: the service's own fetches to it, and
 # the page's requests, must not spend the CDS client's budget (blueprints named sandbox_*).
 EXEMPT_BLUEPRINT_PREFIX = "sandbox_"

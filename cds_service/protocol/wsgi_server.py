@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 
@@ -93,6 +94,15 @@ class CdsThreadWorker(ThreadWorker):
         TConn.init = _init_with_read_timeout
         super().init_process()
 
+    def run(self):
+        super().run()  # returns once the calls in flight are answered
+        # Left in this process's pools is only cache filling (LLM generations queued behind a hung
+        # backend, fetches a call gave up on): cancel it, or the interpreter's exit joins those threads
+        # and the master kills the worker after graceful_timeout.
+        runtime = getattr(self.wsgi, "extensions", {}).get("cds_runtime")
+        if runtime is not None:
+            runtime.close()
+
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, (RequestReadTimeout, TimeoutError)):  # a client that stalled mid-request
             self.log.info("request read timed out after %ss", _read_timeout_s)
@@ -105,8 +115,9 @@ class CdsThreadWorker(ThreadWorker):
 
 
 class CdsGunicorn(BaseApplication):
-    def __init__(self, options: dict):
+    def __init__(self, options: dict, content=None):
         self.options = options
+        self.content = content  # loaded once in the master; every worker forked from it shares the pages
         super().__init__()
 
     def load_config(self) -> None:
@@ -115,15 +126,42 @@ class CdsGunicorn(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self):
-        # Each worker builds its own app: rules, HTTP session, database pool and LLM pipeline per process.
+        # Each worker builds its own app: HTTP session, database pool and LLM pipeline per process (none
+        # survives a fork); the read-only content comes from the master.
         from .app import create_app
 
-        return create_app(strict=True)
+        # `serve` upgraded the database schema before forking: workers only check it is current.
+        app = create_app(strict=True, migrate=False, content=self.content)
+        runtime = app.extensions["cds_runtime"]
+        if runtime.registry is not None:  # before the worker takes its first call
+            from .warm_up import warm_up
+
+            warm_up(
+                runtime.registry,
+                runtime.storage.engine,
+                samples=runtime.settings.fhir_dir / "samples" / "synthea-r4",
+            )
+        return app
 
 
-def run(host: str, port: int, workers: int, threads: int, read_timeout: float = 10.0) -> None:
+def run(
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    read_timeout: float = 10.0,
+    telemetry: dict | None = None,
+    content=None,
+) -> None:
+    """`telemetry`: gunicorn options from telemetry/serving.py (metrics hooks, JSON log configuration);
+    `content`: hooks, rules and terminology already loaded by the master, shared by the workers."""
     global _read_timeout_s
     _read_timeout_s = read_timeout
+    if content is not None:
+        # What the master built stays shared after fork only if the garbage collector leaves its objects'
+        # headers alone: freezing moves them out of the collected generations.
+        gc.collect()
+        gc.freeze()
     CdsGunicorn(
         {
             "bind": f"{host}:{port}",
@@ -141,5 +179,11 @@ def run(host: str, port: int, workers: int, threads: int, read_timeout: float = 
             # No query strings or bodies in the access log: paths here carry no patient data.
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
             "preload_app": False,
-        }
+            # gunicorn >= 25.1 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+            # a second instance on the host takes it over, and stopping either deletes it. Nothing here
+            # uses gunicornc; operators signal the master (SIGTERM, SIGHUP, TTIN/TTOU) instead.
+            "control_socket_disable": True,
+            **(telemetry or {}),
+        },
+        content,
     ).run()
