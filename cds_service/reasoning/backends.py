@@ -132,8 +132,10 @@ def _token_counts(result) -> tuple[int | None, int | None]:
 
 class RemoteBackend:
     def __init__(
-        self, url: str, model: str = "", timeout: float = 30.0, session: requests.Session | None = None
+        self, url: str, model: str = "", timeout: float = 10.0, session: requests.Session | None = None
     ):
+        # `timeout` bounds each read: a generation still running when a worker stops holds its exit this
+        # long, so it stays well under gunicorn's graceful_timeout (20 s); text this late only fills a cache.
         self.url = url.rstrip("/")
         self.model = model
         self.model_id = f"remote:{model or 'default'}@{self.url}"
@@ -153,11 +155,12 @@ class RemoteBackend:
             text = data["choices"][0]["message"]["content"]
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as exc:
             raise LlmError(f"LLM server error: {type(exc).__name__}") from exc
-        usage = data.get("usage") or {}
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}  # optional, and informative only: junk is absent
         return Generation(
             str(text).strip(),
-            usage.get("prompt_tokens"),
-            usage.get("completion_tokens"),
+            _token_count(usage.get("prompt_tokens")),
+            _token_count(usage.get("completion_tokens")),
             time.perf_counter() - started,
         )
 
@@ -183,6 +186,10 @@ class RemoteBackend:
             }
         )
         return Generation(_remote_answer(out.text, options), out.prompt_tokens, out.new_tokens, out.seconds)
+
+
+def _token_count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _remote_answer(text: str, options: tuple[str, ...]) -> str:

@@ -34,6 +34,7 @@ from functools import partial
 
 from ..audit.record import LLM_SUMMARY_RULE
 from ..indicators import RANK
+from ..telemetry import metrics
 from .backends import LlmBackend, LlmError
 from .cache import LlmStore, Stored
 from .capabilities import Capabilities
@@ -86,7 +87,8 @@ class Reasoner:
         `keep_failures` (free text: the record shows the failure; a closed answer is simply asked again)."""
         try:
             stored = produce()
-        except (LlmError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # a backend's defect too: never a 500, never a key stuck in _inflight
+            metrics.observe_llm_failure(task)
             stored = Stored(None, False, [f"generation failed: {type(exc).__name__}"], None)
         try:
             if stored.output is not None or keep_failures:
@@ -98,14 +100,16 @@ class Reasoner:
                 self._inflight.pop(key, None)
         return stored
 
-    def _text(self, messages: list[dict], prompt: str) -> Stored:
+    def _text(self, task: str, messages: list[dict], prompt: str) -> Stored:
         generation = self.backend.generate(messages, self.max_new_tokens)
+        metrics.observe_generation(task, generation)
         text = tidy(generation.text)
         verdict = self.guard.check(text, prompt)
         return Stored(text, verdict.accepted, verdict.reasons, int(generation.seconds * 1000))
 
     def _assertion(self, messages: list[dict]) -> Stored:
         generation = self.backend.choose(messages, ASSERTION_OPTIONS, ASSERTION_MAX_NEW_TOKENS)
+        metrics.observe_generation(ASSERTION_TASK, generation)
         try:
             status = assertion_status(generation.text)
         except KeyError:  # a backend that does not keep to the options is an erring backend
@@ -130,7 +134,7 @@ class Reasoner:
         if stored is not None:
             item["status"] = "cached"
         else:
-            future = self._submit(key, task, partial(self._text, messages, prompt))
+            future = self._submit(key, task, partial(self._text, task, messages, prompt))
             remaining = deadline - time.monotonic()
             try:
                 stored = future.result(timeout=max(0.0, remaining)) if remaining > 0 else None
@@ -139,6 +143,7 @@ class Reasoner:
                 stored = None
             if stored is None:
                 item["status"] = "pending"  # finishes in the background; the next call shows it
+                metrics.observe_deadline_miss(task)
                 return None, item
         item["guard"] = {
             "accepted": stored.accepted,
@@ -211,6 +216,7 @@ class Reasoner:
                 stored = None
             if stored is None:
                 item["status"] = "pending"
+                metrics.observe_deadline_miss(ASSERTION_TASK)
             elif stored.output is None:
                 item.update(status="failed", reasons=stored.reasons)
             else:
