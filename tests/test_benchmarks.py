@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,37 @@ def test_negex_assertion_benchmark_runs_on_the_prepared_model(capsys):
     assert sum(run["answers"].values()) + run["errors"] == result["sample"]["sentences"]
     out = capsys.readouterr().out
     assert "baseline (ConText rules)" in out and "int8 LLM" in out and "int8 combination" in out
+
+
+@pytest.mark.slow
+def test_load_benchmark_measures_the_floor_and_the_service(capsys, tmp_path):
+    """Tiny settings: one client, one second, order-sign, floor and rules-only serve."""
+    out = tmp_path / "load.json"
+    options = ["--duration", "1", "--warmup", "0.5", "--clients", "1", "--workloads", "order-sign"]
+    results = _load("load").main([*options, "--targets", "floor,rules", "--json", str(out)])
+    rows = {(r["target"], r["workload"], r["clients"]): r for r in results["rows"]}
+    assert set(rows) == {("floor", "order-sign", 1), ("rules", "order-sign", 1)}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows.values()), rows
+    assert rows[("rules", "order-sign", 1)]["floorRatio"] is not None
+    assert "prefetch" in rows[("rules", "order-sign", 1)]["serverTimingP50"]  # the service answered
+    (first,) = results["firstCalls"]
+    assert first["status"] == 200 and first["cards"] >= 1  # the workload draws cards: rendering is measured
+    (memory,) = results["memory"]
+    assert memory["workers"] == 1 and memory["workerMB"] > 0 and memory["masterMB"] > 0
+    table = capsys.readouterr().out.split("settings target", 1)[1]
+    assert "floor" in table and "serve rules-only" in table and "errors: none" in table
+    assert json.loads(out.read_text())["rows"] == results["rows"]
+
+
+@pytest.mark.slow
+def test_load_benchmark_fetch_path_times_every_service_and_query(capsys):
+    load = _load("load")
+    if load.medplum_unavailable():
+        pytest.skip(load.medplum_unavailable())
+    results = load.main(["--fetch-path", "--fetch-patients", "1", "--fetch-rounds", "1"])["fetchPath"]
+    assert results["services"] and results["queries"]
+    for service in results["services"]:
+        assert service["calls"] == 1 and service["errors"] == 0, service
+        assert service["fetch"]["p50"] is not None, service  # the prefetch stage ran: data were fetched
+    assert all(q["calls"] == 1 and q["errors"] == 0 for q in results["queries"])
+    assert "the queries that dominate" in capsys.readouterr().out
