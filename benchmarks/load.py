@@ -144,6 +144,9 @@ class Target:
         rss = []
         for worker in workers:
             try:
+                if "cds_service.audit.log_writer" in " ".join(worker.cmdline()):  # not a gunicorn worker
+                    self.peak["writerMB"] = max(self.peak.get("writerMB", 0.0), _mb(worker.memory_info().rss))
+                    continue
                 rss.append(worker.memory_info().rss)
             except psutil.NoSuchProcess:
                 pass
@@ -724,6 +727,7 @@ def print_memory(memory: list[dict], skipped: dict) -> None:
             f"  {m['settings']} {TARGET_NAMES[m['target']]:17} master {m['masterMB']:7.1f} MB, "
             f"largest worker {m['workerMB']:7.1f} MB, "
             f"{m['workers']} workers together {m['workersTotalMB']:7.1f} MB"
+            + (f", decision-log writer {m['writerMB']:5.1f} MB" if m.get("writerMB") else "")
         )
     if "llm" in skipped:
         print(f"  {TARGET_NAMES['llm']}: not measured ({skipped['llm']})")
