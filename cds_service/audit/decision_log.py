@@ -11,14 +11,15 @@ content hash), never copied; access tokens are never part of a record.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy.engine import Connection, Engine
 
 from ..canonical import canonical_json, utc_now
 from .chain import DECISIONS, GENESIS, ExpectedHead, advance, chain_hash, current_head
@@ -71,6 +72,23 @@ class _Prepared:
         return self.body.replace(f'"{seq_mark}"', str(seq), 1).replace(prev_mark, prev, 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_sql(dialect, table: Table, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...] | None]:
+    compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
+    return compiled.string, compiled.positiontup  # positiontup: the key order of a positional paramstyle
+
+
+def _insert_many(conn: Connection, table: Table, rows: list[dict]) -> None:
+    """executemany of rows that share their keys, with the statement compiled once per table and keys:
+    the writer inserts ~40 rule-outcome rows per record, and SQLAlchemy's per-row parameter processing
+    was most of its CPU (1.55 ms a record at batch 1). Column types here need no bind processing."""
+    if not rows:
+        return
+    sql, order = _insert_sql(conn.dialect, table, tuple(rows[0]))
+    params = [tuple(row[k] for k in order) for row in rows] if order else rows
+    conn.exec_driver_sql(sql, params)
+
+
 class DecisionLog:
     def __init__(self, engine: Engine, *, group_commit: bool = True, writer: WriterClient | None = None):
         self.engine = engine
@@ -121,12 +139,10 @@ class DecisionLog:
                 outcome_rows += item.outcome_rows
                 appended.append(Appended(item.record.id, seq, digest))
                 prev = digest
-            conn.execute(insert(decisions), rows)
+            _insert_many(conn, decisions, rows)
             advance(conn, DECISIONS, head, seq, prev)
-            if card_rows:
-                conn.execute(insert(cards), card_rows)
-            if outcome_rows:
-                conn.execute(insert(rule_outcomes), outcome_rows)
+            _insert_many(conn, cards, card_rows)
+            _insert_many(conn, rule_outcomes, outcome_rows)
         return appended
 
     def verify(
