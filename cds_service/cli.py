@@ -286,6 +286,7 @@ def _filter_options(func):
             click.option("--user", help="e.g. Practitioner/123."),
             click.option("--service", help="CDS service id."),
             click.option("--rule", help="Decisions in which this rule fired."),
+            click.option("--request-id", help="The call's X-Request-Id (the request_id of its log lines)."),
             click.option("--since", help="From this ISO date/time (inclusive)."),
             click.option("--until", help="Before this ISO date/time."),
             click.option(

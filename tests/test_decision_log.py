@@ -317,6 +317,29 @@ def test_audit_api_needs_an_auditor_token_separate_from_clients(make_app, tmp_pa
     assert client.post("/audit/decisions", headers=auth).status_code == 405  # read-only
 
 
+def test_a_log_line_leads_to_its_decision_by_request_id(make_app, tmp_path, monkeypatch):
+    """The request id on the service's log lines is the decision's `requestId`; auditors look it up."""
+    token_file = tmp_path / "auditors"
+    token = create_token(token_file, "committee")
+    app = make_app(CDS_AUDIT_TOKENS=str(token_file))
+    client = app.test_client()
+    mine = client.post(
+        ORDER_SIGN, json=builders.order_sign(CASE), headers={"X-Request-Id": "req-7f3a-lookup"}
+    )
+    client.post(ORDER_SIGN, json=builders.order_sign(CASE))  # another call, another id
+    assert mine.headers["X-Request-Id"] == "req-7f3a-lookup"
+    auth = {"Authorization": f"Bearer {token}"}
+    listing = client.get("/audit/decisions?requestId=req-7f3a-lookup", headers=auth).get_json()
+    assert listing["count"] == 1 and listing["decisions"][0]["id"] == mine.headers["X-Decision-Id"]
+    record = app.extensions["cds_runtime"].storage.decision_log.get(mine.headers["X-Decision-Id"])
+    assert record["requestId"] == "req-7f3a-lookup"
+    monkeypatch.setenv("CDS_DECISION_LOG", app.extensions["cds_runtime"].settings.decision_log_url)
+    found = CliRunner().invoke(main, ["audit", "query", "--request-id", "req-7f3a-lookup"])
+    assert found.exit_code == 0 and "listed 1 decisions" in found.output
+    assert found.output.split()[0] == str(record["seq"])  # the line of that decision, by its seq
+    assert app.extensions["cds_runtime"].storage.decision_log.verify().ok
+
+
 def test_an_older_database_layout_is_refused_at_start_with_what_it_lacks(tmp_path):
     """create_all never alters an existing table: starting on an older layout must say so, not fail later."""
     from sqlalchemy import create_engine

@@ -1,6 +1,6 @@
 """Read-only HTTP API for auditors, behind an auditor credential separate from CDS clients.
 
-    GET /audit/decisions?patient=&user=&service=&rule=&since=&until=&indicator=&limit=&after=
+    GET /audit/decisions?patient=&user=&service=&rule=&requestId=&since=&until=&indicator=&limit=&after=
         one page (limit 1..1000, default 100) in chain order; "more" says whether more match and "next"
         (also a Link header) is the URL of the following page (after = the last seq of this page)
     GET /audit/decisions/<id>
@@ -61,6 +61,7 @@ def _filter(max_limit: int | None = None) -> DecisionFilter:
             user=args.get("user"),
             service=args.get("service"),
             rule=args.get("rule"),
+            request_id=args.get("requestId"),
             since=args.get("since"),
             until=args.get("until"),
             indicator=args.get("indicator"),

@@ -1,5 +1,6 @@
 """Auditor queries over the decision log: by patient, user, service, rule (decisions in which it fired),
-time range and highest card indicator; whole records, in chain order.
+request id (from a log line to its decision), time range and highest card indicator; whole records,
+in chain order.
 
 Nothing is cut silently: `stream` reads every matching record in batches by seq (constant memory) and,
 when a limit stops it early, says how many more match; `page` answers one page and the seq to continue
@@ -36,6 +37,7 @@ class DecisionFilter:
     user: str | None = None  # "Practitioner/abc"
     service: str | None = None
     rule: str | None = None  # decisions in which this rule fired
+    request_id: str | None = None  # the call's X-Request-Id, as in the service's log lines
     since: str | None = None  # ISO date or datetime, inclusive
     until: str | None = None  # exclusive
     indicator: str | None = None  # highest indicator among the cards shown
@@ -69,6 +71,8 @@ def _statement(f: DecisionFilter, columns=(decisions,)):
         )
     if f.user:
         stmt = stmt.where(decisions.c.user_ref == f.user)
+    if f.request_id:
+        stmt = stmt.where(decisions.c.request_id == f.request_id)
     if f.service:
         stmt = stmt.where(decisions.c.service_id == f.service)
     if f.since:
