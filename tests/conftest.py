@@ -2,14 +2,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 from fhir_fake import FakeFhirServer
-from shared import bundled_content
+from shared import bundled_content, fresh_postgres_schema
 
-from cds_service.audit.storage import make_engine
 from cds_service.protocol.app import create_app
 from cds_service.runtime import Runtime
 from cds_service.settings import Settings
@@ -99,17 +97,5 @@ def load_fixture(name: str) -> dict:
 
 @pytest.fixture
 def postgres_url():
-    """A fresh schema in the machine's PostgreSQL (127.0.0.1:5432, database test), dropped afterwards."""
-    from sqlalchemy import text
-
-    schema = f"cds_test_{uuid.uuid4().hex[:10]}"
-    admin = make_engine("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
-    yield f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_postgres_schema() as url:
+        yield url

@@ -23,6 +23,7 @@ import pytest
 import requests
 from fake_llm_server import serve_chat, url_of
 from jwt_client import client_keys, token
+from shared import fresh_postgres_schema
 from sqlalchemy import func, select, text
 from test_serve import CDS_SERVICE, free_port, wait_ready
 
@@ -140,17 +141,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def shared_schema():
     """One fresh PostgreSQL schema for the module's instances (conftest's postgres_url, module-scoped)."""
-    schema = f"cds_scale_{uuid.uuid4().hex[:10]}"
-    admin = make_engine("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {type(exc).__name__}")
-    yield f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_postgres_schema("cds_scale") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
