@@ -83,3 +83,28 @@ def test_a_client_without_the_key_is_refused(writer):
     with pytest.raises(log_writer.WriterUnavailable):
         stranger.append(object())
     assert DecisionLog(make_engine(url)).count() == 0
+
+
+def test_a_lost_answer_is_an_error_not_a_second_write(tmp_path):
+    """The writer took the record and its answer never came: it may be written, so the worker must not
+    write it again (the call fails instead of the chain getting the same decision twice)."""
+    from multiprocessing.connection import Listener
+
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    engine = make_engine(url)
+    init_schema(engine)
+    where = WriterAddress(f"\0cds-decision-log-test-{id(tmp_path)}", b"k" * 32)
+    listener = Listener(where.address, family="AF_UNIX", authkey=where.authkey)
+
+    def take_and_hang_up():
+        with listener.accept() as conn:
+            conn.recv()  # the record arrives; no answer is sent
+
+    server = threading.Thread(target=take_and_hang_up)
+    server.start()
+    log = DecisionLog(engine, writer=WriterClient(where))
+    with pytest.raises(log_writer.WriterFailed, match="answer was lost"):
+        log.append(_fake_record(0))
+    server.join(timeout=10)
+    listener.close()
+    assert log.count() == 0  # not written a second time here

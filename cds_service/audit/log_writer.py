@@ -100,15 +100,20 @@ class WriterClient:
         self._local = threading.local()
 
     def append(self, prepared):
-        """(Appended, prev_hash) once committed. WriterUnavailable: nothing was written by the writer
-        (the caller may write it); WriterFailed: the database refused it."""
+        """(Appended, prev_hash) once committed. WriterUnavailable: the record never reached the writer
+        (the caller may write it); WriterFailed: the database refused it, or the answer was lost after
+        the record was sent (it may be written: writing it again would only be refused as a duplicate)."""
         conn = self._connection()
         try:
             conn.send(prepared)
-            status, *value = conn.recv()
         except (OSError, EOFError) as exc:
             self._local.conn = None
             raise WriterUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            status, *value = conn.recv()
+        except (OSError, EOFError) as exc:
+            self._local.conn = None
+            raise WriterFailed(f"the writer's answer was lost ({type(exc).__name__})") from exc
         if status != "ok":
             raise WriterFailed(value[0])
         return value[0], value[1]

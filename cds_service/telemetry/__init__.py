@@ -4,3 +4,6 @@
 Labels stay bounded: service and rule ids come from the loaded content, statuses and indicators from
 fixed sets; never a patient, user, URL or token.
 """
+
+# prometheus_client's multiprocess directory, set by `serve` before its workers fork (telemetry/serving.py).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

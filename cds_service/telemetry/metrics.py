@@ -12,11 +12,9 @@ scale, FHIR resource type names, LLM task names. Never a patient or user id, a U
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -30,13 +28,13 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from ..indicators import INDICATORS
+from . import MULTIPROC_ENV
 
 if TYPE_CHECKING:
     from ..audit.record import DecisionRecord
     from ..protocol.pipeline import HookCall
     from ..reasoning.backends import Generation
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # no `_created` series: the multiprocess mode has none, one process need not either
 
 # Around the response budget (CDS_RESPONSE_BUDGET_MS, 450 ms by default; 500 ms is the usual CDS aim).
@@ -126,28 +124,14 @@ def observe_deadline_miss(task: str) -> None:
     llm_deadline_misses.labels(task).inc()
 
 
-_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
 def resource_type_label(query: str) -> str:
     """The resource type a relative query starts with, if FHIR has such a resource; else "other". A
     query's type comes from the service's templates or from references in the data, so it is checked
     against FHIR's own names to keep the label set bounded."""
+    from ..ehr.validation import known_type
+
     first = query.split("?", 1)[0].strip("/").split("/", 1)[0]
-    return first if _is_fhir_type(first) else "other"
-
-
-@lru_cache(maxsize=512)
-def _is_fhir_type(name: str) -> bool:
-    if not _TYPE_NAME.fullmatch(name):
-        return False
-    from fhir.resources.R4B import get_fhir_model_class
-    from fhir.resources.R4B.resource import Resource
-
-    try:
-        return issubclass(get_fhir_model_class(name), Resource)
-    except ValueError:
-        return False
+    return first if known_type(first) else "other"
 
 
 def exposition(accept: str | None = None) -> tuple[bytes, str]:

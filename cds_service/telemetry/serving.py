@@ -13,9 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
+from . import MULTIPROC_ENV
 from .logs import gunicorn_logconfig
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def metrics_dir(data_dir: Path) -> Path:
