@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import selectors
 import shutil
 import signal
 import socket
@@ -50,6 +49,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the Medplum router helper lives beside the tests that use it
+
+from medplum_router import MedplumRouter, unavailable_reason  # noqa: E402
 
 from cds_service.clinical.rule_cases import USER, CaseBuilder  # noqa: E402
 from cds_service.ehr.prefetch import token_root  # noqa: E402
@@ -70,7 +72,6 @@ PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # hookInstance, made uniqu
 PREFETCH_BASE = "https://ehr.example.org/fhir"  # fullUrl of prefetched entries only; never called
 BUDGET_MS = Settings.model_fields["response_budget_ms"].default
 TARGET_RATIO, TARGET_TAIL = 0.3, 4.0  # issue 13, rules only at 16 clients
-MEDPLUM = ROOT / "tests" / "medplum"
 FETCH_TOKEN = "load-benchmark-token"  # Medplum's router checks none; never logged
 
 
@@ -787,64 +788,13 @@ def print_verdicts(verdicts: list[dict], skipped: dict) -> None:
 # --- the fetch path: Medplum -------------------------------------------------------------------------
 
 
-class Medplum:
-    """Medplum's in-memory FHIR router (tests/medplum/server.mjs), started by us on a free port."""
-
-    def __init__(self, workdir: Path):
-        self._log = (workdir / "medplum.log").open("w")
-        self.process = subprocess.Popen(
-            ["node", str(MEDPLUM / "server.mjs"), "0"],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=MEDPLUM,
-        )
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stdout, selectors.EVENT_READ)
-        line = self.process.stdout.readline() if selector.select(timeout=60) else b""
-        if not line:
-            self.stop()
-            raise RuntimeError(f"Medplum did not start (see {workdir / 'medplum.log'})")
-        self.base_url = f"http://127.0.0.1:{json.loads(line)['port']}/fhir"
-
-    def load(self, resources: list[dict]) -> int:
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "batch",
-            "entry": [
-                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-                for r in resources
-            ],
-        }
-        answer = requests.post(self.base_url + "/", json=bundle, timeout=120).json()
-        bad = [e["response"] for e in answer.get("entry", []) if not e["response"]["status"].startswith("20")]
-        if answer.get("resourceType") != "Bundle" or bad:
-            raise RuntimeError(f"Medplum refused the load: {answer.get('issue') or bad[:3]}")
-        return len(resources)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-def medplum_unavailable() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not on PATH"
-    if not (MEDPLUM / "node_modules" / "@medplum" / "fhir-router").is_dir():
-        return "Medplum is not installed: run `make medplum` (npm ci --prefix tests/medplum)"
-    return None
-
-
 def _template_label(text: str) -> str:
     return text.replace("Patient/{{context.patientId}}", "{pt}").replace("{{context.patientId}}", "{pt}")
 
 
-def time_queries(medplum: Medplum, templates: dict[str, object], patients: list[str], rounds: int) -> dict:
+def time_queries(
+    medplum: MedplumRouter, templates: dict[str, object], patients: list[str], rounds: int
+) -> dict:
     """Each distinct prefetch template, rendered for each patient, GET against Medplum as the service
     sends it (first page only; the service may follow `next` links or read Medication/<id> too)."""
     session = requests.Session()
@@ -890,7 +840,7 @@ def _bundles_only(folder: Path, workdir: Path) -> Path:
 
 
 def fetch_path(options, content: Content, workdir: Path) -> dict:
-    reason = medplum_unavailable()
+    reason = unavailable_reason()
     if reason:
         print(f"fetch path not measured: {reason}")
         return {"skipped": reason}
@@ -900,12 +850,12 @@ def fetch_path(options, content: Content, workdir: Path) -> dict:
     synthea = synthea_charts(_bundles_only(folder, workdir), today)
     handmade = [c for c in sample_charts(fhir_dir, today) if c.origin == "hand-made"]
     types = {t.resource_type for s in content.services for t in s.templates} | {"Medication"}
-    medplum = Medplum(workdir)
+    medplum = MedplumRouter(workdir)
     target = None
     try:
         start, loaded = time.perf_counter(), 0
         for chart in synthea + handmade:
-            loaded += medplum.load([r for r in chart.resources if r.get("resourceType") in types])
+            loaded += len(medplum.put_batch([r for r in chart.resources if r.get("resourceType") in types]))
         print(
             f"Medplum (in-memory FHIR router): {loaded} resources of {len(synthea) + len(handmade)} sample "
             f"charts ({len(synthea)} Synthea from {folder}, {len(handmade)} hand-made) loaded in "

@@ -74,8 +74,8 @@ def test_load_benchmark_measures_the_floor_and_the_service(capsys, tmp_path):
 @pytest.mark.slow
 def test_load_benchmark_fetch_path_times_every_service_and_query(capsys):
     load = _load("load")
-    if load.medplum_unavailable():
-        pytest.skip(load.medplum_unavailable())
+    if load.unavailable_reason():
+        pytest.skip(load.unavailable_reason())
     results = load.main(["--fetch-path", "--fetch-patients", "1", "--fetch-rounds", "1"])["fetchPath"]
     assert results["services"] and results["queries"]
     for service in results["services"]:

@@ -19,24 +19,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import selectors
-import shutil
-import subprocess
 import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 from builders import draft_bundle
+from medplum_router import MedplumRouter, MedplumUnavailable, unavailable_reason
 from shared import bundled_content
 
 from cds_service.clinical.rule_cases import USER, CaseBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / "tests" / "medplum" / "server.mjs"
-MODULES = ROOT / "tests" / "medplum" / "node_modules" / "@medplum" / "fhir-router"
 SAMPLES = ROOT / "fhir" / "samples" / "synthea-r4"
 # Synthea patients whose active medications exercise the rules (warfarin, digoxin with verapamil, a
 # statin, opioids with an SSRI, a benzodiazepine, an NSAID) and one with none of these.
@@ -171,60 +166,24 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
-class Medplum:
+class Medplum(MedplumRouter):
+    """The router, loaded patient by patient; a missing router skips locally and fails in CI."""
+
     def __init__(self, tmp: Path):
-        if shutil.which("node") is None:
-            _unavailable("node is not on PATH: Medplum's FHIR router cannot be started")
-        if not MODULES.is_dir():
-            _unavailable("Medplum is not installed: run `npm ci --prefix tests/medplum` (make test does)")
-        self.log = (tmp / "medplum.log").open("w")
-        start = time.perf_counter()
-        self.process = subprocess.Popen(
-            ["node", str(SERVER), "0"], stdout=subprocess.PIPE, stderr=self.log, cwd=SERVER.parent
-        )
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout=60):
-            self.stop()
-            pytest.fail(f"Medplum did not start within 60 s (see {self.log.name})")
-        line = self.process.stdout.readline()
-        if not line:
-            self.stop()
-            pytest.fail(f"Medplum exited at start-up: {(tmp / 'medplum.log').read_text()[-2000:]}")
-        self.base_url = f"http://127.0.0.1:{json.loads(line)['port']}/fhir"
-        self.start_seconds = time.perf_counter() - start
+        reason = unavailable_reason()
+        if reason:
+            _unavailable(reason)
+        try:
+            super().__init__(tmp)
+        except MedplumUnavailable as exc:
+            pytest.fail(str(exc))
         self.load_seconds = 0.0
         self.stored: dict[str, list[dict]] = {}  # patient id -> every resource as Medplum stored it
 
     def load(self, patient_id: str, resources: list[dict]) -> None:
-        """PUT each resource under its own id in one batch (urn:uuid references become Type/id)."""
         start = time.perf_counter()
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "batch",
-            "entry": [
-                {
-                    "fullUrl": f"urn:uuid:{r['id']}",
-                    "resource": r,
-                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                }
-                for r in resources
-            ],
-        }
-        answer = requests.post(self.base_url + "/", json=bundle, timeout=60).json()
-        bad = [e["response"] for e in answer.get("entry", []) if not e["response"]["status"].startswith("20")]
-        assert answer.get("resourceType") == "Bundle" and not bad, (answer.get("issue"), bad[:3])
-        self.stored[patient_id] = [e["resource"] for e in answer["entry"]]
+        self.stored[patient_id] = self.put_batch(resources, timeout=60)
         self.load_seconds += time.perf_counter() - start
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
 
 
 def _latest_date(resources: list[dict]) -> date:
