@@ -7,6 +7,12 @@ can recurse out of stack; FHIR resources nest about 10 deep, a request carrying 
 A string holding a lone UTF-16 surrogate (``"\\ud800"``) is valid JSON text but not Unicode: it is
 refused here rather than failing later when the record is hashed. Bytes must be UTF-8 (RFC 8259 §8.1;
 a BOM is ignored): Python's parser would otherwise guess UTF-16/32 and let surrogates through.
+
+orjson parses first (a 60 kB hook request in a third of the standard library's time): it takes only
+RFC 8259 JSON in UTF-8 and refuses lone surrogates, NaN and numbers that overflow a float, so what it
+accepts needs only the depth check. Whatever it refuses goes to the standard library path below, which
+accepts or refuses it as before and names the problem. So does a number of 19 or more digits:
+orjson reads an integer beyond 64 bits as a float, the standard library exactly.
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 from .errors import InvalidRequest, clip, field_path
 
 MAX_DEPTH = 64  # nesting of objects and arrays
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # in UTF-8 text only escapes carry a surrogate
+# A number of 19 or more digits, which orjson may not read exactly (a number token follows ':', ',', '['
+# or the start; a string holding such text only costs the slower path)
+_LONG_NUMBER = re.compile(rb"(?:^|[:,\[])\s*-?[0-9]{19}")
 
 
 class JsonInputError(InvalidRequest):
@@ -39,6 +50,16 @@ def _finite_float(text: str) -> float:
 
 def parse_json(raw: bytes | str, *, where: str = "body") -> Any:
     """Parse and check; raises JsonInputError (400) naming the problem and, when known, the field."""
+    raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _LONG_NUMBER.search(raw_bytes) is None:
+        try:
+            value = orjson.loads(raw_bytes)
+        except orjson.JSONDecodeError:
+            pass  # the standard library says what is wrong, as it always has
+        else:
+            if not _within_depth(value):
+                _locate_problem(value, where, strings=False)
+            return value
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8-sig")
@@ -83,6 +104,24 @@ def _acceptable(value: Any, strings: bool) -> bool:
                 push((child, depth + 1))
             elif strings and isinstance(child, str) and not _is_unicode(child):
                 return False
+    return True
+
+
+def _within_depth(value: Any) -> bool:
+    """The depth limit alone, on what a JSON parser returned (exact dicts and lists): a third of
+    `_acceptable`'s time on a hook request."""
+    if type(value) is not dict and type(value) is not list:
+        return True
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth >= MAX_DEPTH:
+            return False
+        for child in node.values() if type(node) is dict else node:
+            kind = type(child)
+            if kind is dict or kind is list:
+                push((child, depth + 1))
     return True
 
 

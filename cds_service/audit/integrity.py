@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from ..canonical import canonical_json
+from ..canonical import standard_json
 from .chain import (
     DECISIONS,
     FEEDBACK_CHAIN,
@@ -200,7 +200,7 @@ def _check_decision(row, expected_prev: str, expected_seq: int) -> tuple[str | N
         return "prev_hash does not match the previous record's hash (deleted, inserted or reordered)", record
     if record.get("seq") != row["seq"] or record.get("prevHash") != row["prev_hash"]:
         return "record's own seq/prevHash differ from the row", record
-    body = canonical_json(record)
+    body = standard_json(record)  # re-derived by the standard library, not the writer's fast path
     if chain_hash(row["prev_hash"], body) != row["hash"] or body != row["record"]:
         return "hash does not match the record content (edited)", record
     try:

@@ -31,6 +31,7 @@ from ..settings import Settings
 from ..telemetry import logs
 from . import rate_limit, security_headers
 from .hooks_api import hooks_api
+from .json_provider import OrjsonProvider
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,8 @@ def create_app(
     settings = runtime.settings if runtime is not None else Settings.load(config)
     logs.configure(settings.log_format, settings.log_level)
     app = Flask("cds_service")
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False
-    app.json.compact = True
     app.extensions["cds_runtime"] = (
         runtime
         if runtime is not None
