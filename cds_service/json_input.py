@@ -11,7 +11,7 @@ a BOM is ignored): Python's parser would otherwise guess UTF-16/32 and let surro
 orjson parses first (a 60 kB hook request in a third of the standard library's time): it takes only
 RFC 8259 JSON in UTF-8 and refuses lone surrogates, NaN and numbers that overflow a float, so what it
 accepts needs only the depth check. Whatever it refuses goes to the standard library path below, which
-accepts or refuses it as before and names the problem. So does a number of 19 or more digits:
+accepts or refuses it as before and names the problem. So does text with a number of 2**63 or more:
 orjson reads an integer beyond 64 bits as a float, the standard library exactly.
 """
 
@@ -28,9 +28,9 @@ from .errors import InvalidRequest, clip, field_path
 
 MAX_DEPTH = 64  # nesting of objects and arrays
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # in UTF-8 text only escapes carry a surrogate
-# A number of 19 or more digits, which orjson may not read exactly (a number token follows ':', ',', '['
-# or the start; a string holding such text only costs the slower path)
-_LONG_NUMBER = re.compile(rb"(?:^|[:,\[])\s*-?[0-9]{19}")
+# orjson reads an integer beyond 64 bits as a float: any float this large sends the text to the standard
+# library, which reads integers exactly (a true float this large only costs the slower path)
+_BEYOND_INT64 = float(2**63)
 
 
 class JsonInputError(InvalidRequest):
@@ -50,16 +50,16 @@ def _finite_float(text: str) -> float:
 
 def parse_json(raw: bytes | str, *, where: str = "body") -> Any:
     """Parse and check; raises JsonInputError (400) naming the problem and, when known, the field."""
-    raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if _LONG_NUMBER.search(raw_bytes) is None:
-        try:
-            value = orjson.loads(raw_bytes)
-        except orjson.JSONDecodeError:
-            pass  # the standard library says what is wrong, as it always has
-        else:
-            if not _within_depth(value):
-                _locate_problem(value, where, strings=False)
+    try:
+        value = orjson.loads(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    except orjson.JSONDecodeError:
+        pass  # the standard library says what is wrong, as it always has
+    else:
+        verdict = _screen_parsed(value)
+        if verdict is _READ:
             return value
+        if verdict is _TOO_DEEP:
+            _locate_problem(value, where, strings=False)
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8-sig")
@@ -107,22 +107,29 @@ def _acceptable(value: Any, strings: bool) -> bool:
     return True
 
 
-def _within_depth(value: Any) -> bool:
-    """The depth limit alone, on what a JSON parser returned (exact dicts and lists): a third of
-    `_acceptable`'s time on a hook request."""
+_READ, _TOO_DEEP, _LARGE_NUMBER = "read", "too deep", "large number"
+
+
+def _screen_parsed(value: Any) -> str:
+    """What orjson returned (exact dicts and lists), in one walk: the depth limit, and a float of 2**63
+    or more that may have been an integer (a third of `_acceptable`'s time on a hook request)."""
+    if type(value) is float:
+        return _LARGE_NUMBER if not -_BEYOND_INT64 < value < _BEYOND_INT64 else _READ
     if type(value) is not dict and type(value) is not list:
-        return True
+        return _READ
     stack: list[tuple[Any, int]] = [(value, 0)]
     pop, push = stack.pop, stack.append
     while stack:
         node, depth = pop()
         if depth >= MAX_DEPTH:
-            return False
+            return _TOO_DEEP
         for child in node.values() if type(node) is dict else node:
             kind = type(child)
             if kind is dict or kind is list:
                 push((child, depth + 1))
-    return True
+            elif kind is float and not -_BEYOND_INT64 < child < _BEYOND_INT64:
+                return _LARGE_NUMBER
+    return _READ
 
 
 def _locate_problem(value: Any, where: str, strings: bool) -> None:

@@ -159,3 +159,32 @@ def test_what_is_accepted_is_what_the_standard_library_reads():
         assert [type(v) for v in parsed.values()] == [type(v) for v in json.loads(text).values()]
     assert parse_json(b"\xef\xbb\xbf" + b'{"bom": 1}') == {"bom": 1}  # a BOM is ignored, as before
     assert parse_json('{"str": 1}') == {"str": 1}
+
+
+def test_long_decimals_read_as_the_standard_library_reads_them():
+    rng = random.Random(11)
+    for _ in range(3000):
+        digits = rng.choice("123456789") + "".join(
+            rng.choice("0123456789") for _ in range(rng.randint(16, 40))
+        )
+        point = rng.randint(1, len(digits) - 1)
+        text = f"{digits[:point]}.{digits[point:]}e{rng.randint(-30, 30)}"
+        body = f'{{"v": {text}, "w": [-{text}]}}'.encode()
+        assert parse_json(body) == json.loads(body), text
+
+
+def test_a_chart_whose_text_holds_long_numbers_takes_the_fast_path(monkeypatch):
+    """Synthea's narrative says "Person seed: -2867263278251041867": text, not a number; the standard
+    library (three times slower on a hook request) must not be needed for it."""
+    import cds_service.json_input as json_input
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("the standard library path was taken")
+
+    monkeypatch.setattr(json_input.json, "loads", not_expected)
+    body = {
+        "text": {"div": "<div>Person seed: -2867263278251041867  Population seed: 1559319163074</div>"},
+        "valueQuantity": {"value": 98.68741623329865},
+        "ids": [2**63 - 1, -(2**63)],
+    }
+    assert parse_json(json.dumps(body).encode()) == body
