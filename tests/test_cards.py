@@ -101,3 +101,104 @@ def test_source_label_keeps_the_whole_reference_title(client, content):
     title = next(r for r in content.rulebook.rules if r.id == "ddi-warfarin-nsaid").references[0].title
     assert len(title) > 139 and card["source"]["label"] == title
     assert validate_card(card) is None
+
+
+# -- the fast check (card_check.py) against the schema ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def issued_cards():
+    """Every card the bundled rules' fire cases issue."""
+    from shared import bundled_content
+
+    from cds_service.clinical import rule_cases
+
+    content = bundled_content()
+    cards: list[dict] = []
+    real = rule_cases.cards_for
+
+    def keep(findings, facts):
+        issued, rejected = real(findings, facts)
+        cards.extend(i.card for i in issued)
+        return issued, rejected
+
+    rule_cases.cards_for = keep
+    try:
+        rule_cases.run_rule_cases(content.rulebook, content.facts_builder, content.terminology)
+    finally:
+        rule_cases.cards_for = real
+    return cards
+
+
+def test_every_card_the_rules_issue_passes_the_fast_check(issued_cards):
+    from cds_service.protocol.card_check import surely_valid
+    from cds_service.protocol.schemas import CardSchema
+
+    assert len(issued_cards) > 40
+    assert any(c.get("suggestions") for c in issued_cards) and any(c.get("links") for c in issued_cards)
+    assert [c["summary"] for c in issued_cards if not surely_valid(c)] == []
+    assert [c["summary"] for c in issued_cards if CardSchema().validate(c)] == []
+
+
+_ODD_VALUES = [None, "", [], {}, 0, 1, True, "yes", "not a url", "x" * 200, b"bytes", ("tuple",), 1.5]
+
+
+def _mutations(card: dict):
+    """The card with one thing changed: each element removed, given an odd value, or joined by an
+    unknown sibling; each list emptied or given an odd item."""
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            yield path, node
+            for key, child in node.items():
+                yield from walk(child, (*path, key))
+        elif isinstance(node, list):
+            yield path, node
+            for i, child in enumerate(node):
+                yield from walk(child, (*path, i))
+
+    def at(root, path):
+        for step in path:
+            root = root[step]
+        return root
+
+    for path, node in list(walk(card, ())):
+        if isinstance(node, dict):
+            for key in node:
+                for change in ["drop", *_ODD_VALUES]:
+                    mutated = copy.deepcopy(card)
+                    target = at(mutated, path)
+                    if change == "drop":
+                        del target[key]
+                    else:
+                        target[key] = change
+                    yield mutated
+            mutated = copy.deepcopy(card)
+            at(mutated, path)["unknownElement"] = "x"
+            yield mutated
+        else:
+            for change in ("empty", *_ODD_VALUES):
+                mutated = copy.deepcopy(card)
+                target = at(mutated, path)
+                if change == "empty":
+                    target.clear()
+                else:
+                    target.append(change)
+                yield mutated
+
+
+def test_the_fast_check_never_accepts_a_card_the_schema_refuses(issued_cards):
+    from cds_service.protocol.card_check import surely_valid
+    from cds_service.protocol.schemas import CardSchema
+
+    schema = CardSchema()
+    samples = [GOOD] + [c for c in issued_cards if c.get("suggestions") or c.get("links")][:6]
+    refused = accepted_by_both = 0
+    for card in samples:
+        for mutated in _mutations(card):
+            if schema.validate(mutated):
+                refused += 1
+                assert not surely_valid(mutated), mutated
+            elif surely_valid(mutated):
+                accepted_by_both += 1
+    assert refused > 1000 and accepted_by_both > 10  # the mutations reach both answers
