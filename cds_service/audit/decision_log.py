@@ -64,6 +64,11 @@ class _Prepared:
         body = canonical_json(record.data)
         return cls(record, body, record.columns(), record.card_rows(), record.outcome_rows())
 
+    def __getstate__(self) -> dict:
+        """What the writer process needs: the text, the rows and the record's id; the record's dict (as
+        large as the text) stays with the worker, which sets seq and prevHash on it from the answer."""
+        return {**self.__dict__, "record": DecisionRecord({"id": self.record.id})}
+
     def chained(self, seq: int, prev: str) -> str:
         """The canonical JSON of the record with its seq and prevHash: the same text `canonical_json`
         gives for the record itself (audit verify recomputes and compares it)."""
