@@ -151,3 +151,27 @@ def test_conditions_allergies_and_statuses(builder):
     )
     assert [c.active for c in facts.conditions] == [True, False]
     assert facts.allergies[0].named_classes == {"penicillins"} and not facts.allergies[1].active
+
+
+def test_a_concept_recorded_by_code_alone_is_named_by_its_ingredients_and_code(builder):
+    """No text and no display: the card must still say what was ordered, not "unnamed"."""
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": "coded-only",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "855332"}]},
+    }
+    condition = {
+        "resourceType": "Condition",
+        "id": "coded-condition",
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "49436004"}]},
+    }
+    unknown = {**draft, "id": "unknown-code", "medicationCodeableConcept": {"coding": [{"code": "X1"}]}}
+    facts = builder.build(
+        [condition], patient_id=PATIENT_ID, draft_orders=[draft, unknown], today=date(2026, 11, 26)
+    )
+    assert [m.name for m in facts.draft_orders] == ["warfarin (RxNorm 855332)", "code X1"]
+    assert [c.name for c in facts.conditions] == ["SNOMED CT 49436004"]

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from .mentions import ALLERGY, CONDITION, MEDICATION, PRESENT, Mention
 from .routes import is_systemic, route_of, route_of_sentence
-from .terminology import Terminology, normalise_system
+from .terminology import ICD10CM, LOINC, RXNORM, SNOMED, Terminology, normalise_system
 
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 NOT_TRUE = {"refuted", "entered-in-error"}
@@ -90,9 +90,25 @@ def age_in_years(birth: date, today: date) -> int:
     return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
 
 
-def name_of(concept, fallback: str = "unnamed") -> str:
+def name_of(concept, fallback: str | None = None) -> str:
+    """The concept's first text or display; else `fallback`, else a name made from its code."""
     texts = texts_of(concept)
-    return texts[0] if texts else fallback
+    return texts[0] if texts else (fallback or coded_name(codings_of(concept)) or "unnamed")
+
+
+_SYSTEM_LABELS = {RXNORM: "RxNorm", SNOMED: "SNOMED CT", LOINC: "LOINC", ICD10CM: "ICD-10-CM"}
+
+
+def coded_name(codes: Codings, ingredients: Iterable[str] = ()) -> str | None:
+    """A name for a concept recorded by code alone (no text, no display): its ingredients where the
+    terminology knows them, and the code itself, so a card names what was ordered rather than
+    "unnamed" and the clinician can check the code."""
+    if not codes:
+        return None
+    system, code = codes[0]
+    label = f"{_SYSTEM_LABELS.get(system, system or 'code')} {code}"
+    names = sorted(ingredients)
+    return f"{' / '.join(names)} ({label})" if names else label
 
 
 def _duration_days(quantity) -> float | None:
@@ -827,7 +843,7 @@ class FactsBuilder:
         med = Medication(
             resource_type=rtype,
             id=str(r.get("id") or "unidentified"),
-            name=name_of(concept),
+            name=name_of(concept, coded_name(codes, ingredients)),
             codes=codes,
             ingredients=ingredients,
             classes=self.terminology.drug_classes(ingredients),
