@@ -303,6 +303,7 @@ def test_fhir_fault_under_load(tmp_path, fault):
         ) as served:
             outcomes = drive(served.base, fhir_requests(fhir_server))
             assert_answered(outcomes, FHIR_DEADLINE_MS / 1000 + MARGIN_S, f"FHIR {fault}")
+            named_fault: list[bool] = []
             for o in outcomes:
                 if o.kind == "bare":
                     assert o.status == 412, (o.status, o.body)
@@ -316,7 +317,11 @@ def test_fhir_fault_under_load(tmp_path, fault):
                 assert card is not None and card["indicator"] == "info", o.body
                 assert set(card["extension"]["org.cds-service.data-quality"]["unavailable"]) == SKIP_KEYS
                 assert "`conditions` could not be retrieved: " in card["detail"]
-                assert expected_problem in card["detail"], card["detail"]
+                # the FHIR deadline counts from the request's arrival: a call that waited for a thread
+                # under this load may reach it before the server's fault shows
+                assert expected_problem in card["detail"] or "deadline" in card["detail"], card["detail"]
+                named_fault.append(expected_problem in card["detail"])
+            assert any(named_fault), f"no call named the fault ({expected_problem})"
             log = served.decision_log()
             answered = [o.decision_id for o in outcomes]
             assert all(answered) and all(log.get(d) is not None for d in answered)  # 412s are recorded too

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import builders
@@ -147,3 +148,49 @@ def test_errors_before_the_app_are_operation_outcomes_and_slow_clients_time_out(
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert "Traceback" not in output, output
+
+
+@pytest.mark.slow
+def test_a_request_that_waited_for_a_thread_counts_the_wait(tmp_path, fake_fhir):
+    """gunicorn's worker marks when a request is queued for a thread; the budgets and Server-Timing's
+    `receive` stage count from there. One thread: the second request waits while the first fetches."""
+    from fhir_fake import Reply, searchset
+
+    from cds_service.clinical.rule_cases import PATIENT_ID, CaseBuilder
+
+    resources, _ = CaseBuilder(date.today()).build({"medications": ["Warfarin Sodium 5 MG Oral Tablet"]})
+    fake_fhir.routes[f"Patient/{PATIENT_ID}"] = Reply(200, resources[0], delay=1.2)
+    fake_fhir.default = Reply(200, searchset([]))
+    port = free_port()
+    proc = start_serve(
+        port, tmp_path, "--workers", "1", "--threads", "1", CDS_FHIR_ALLOWED_SERVERS=fake_fhir.base_url
+    )
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/cds-services/medication-order-check"
+    case = {"draftOrders": ["Ibuprofen 400 MG Oral Tablet"]}
+    auth = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/*.read",
+        "subject": "cds",
+    }
+    fetching = builders.order_sign(
+        case, prefetch_keys=(), fhirServer=fake_fhir.base_url, fhirAuthorization=auth
+    )
+    try:
+        wait_ready(base)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(requests.post, url, json=fetching, timeout=30)
+            time.sleep(0.3)  # the first is fetching: the second waits for the only thread
+            second = requests.post(url, json=builders.order_sign(case), timeout=30)
+            assert first.result().status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert second.status_code == 200
+    timing = dict(part.split(";dur=") for part in second.headers["Server-Timing"].split(", "))
+    assert float(timing["receive"]) >= 500, timing  # ~0.9 s queued behind the first call's fetch
+    assert float(timing["total"]) > float(timing["receive"])

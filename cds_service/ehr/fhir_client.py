@@ -147,18 +147,27 @@ class FhirAccess:
     allowlist: ServerAllowlist
     limits: FetchLimits
 
-    def client(self, fhir_server: str | None, access_token: str | None) -> "FhirClient | None":
-        """One client per hook call: the call's FHIR deadline starts now."""
+    def client(
+        self, fhir_server: str | None, access_token: str | None, *, started: float | None = None
+    ) -> "FhirClient | None":
+        """One client per hook call: the call's FHIR deadline starts at `started` (time.monotonic(), the
+        request's arrival), else now."""
         if not fhir_server:
             return None
         return FhirClient(
-            self.session, fhir_server, access_token=access_token, allowlist=self.allowlist, limits=self.limits
+            self.session,
+            fhir_server,
+            access_token=access_token,
+            allowlist=self.allowlist,
+            limits=self.limits,
+            started=started,
         )
 
 
 class FhirClient:
     """FHIR REST reads/searches against one server with one (optional) bearer token, for one hook call:
-    its deadline starts when it is made and covers every request it sends, from any thread."""
+    its deadline starts when it is made (or at `started`) and covers every request it sends, from any
+    thread."""
 
     def __init__(
         self,
@@ -168,13 +177,14 @@ class FhirClient:
         access_token: str | None,
         allowlist: ServerAllowlist,
         limits: FetchLimits = FetchLimits(),
+        started: float | None = None,
     ):
         self._session = session
         self.base_url = base_url.rstrip("/")
         self._token = access_token
         self._allowlist = allowlist
         self.limits = limits
-        self._expires = time.monotonic() + limits.deadline
+        self._expires = (time.monotonic() if started is None else started) + limits.deadline
 
     def __repr__(self) -> str:  # never show the token
         return f"FhirClient(base_url={self.base_url!r})"

@@ -14,6 +14,7 @@ from ..errors import CdsError, HttpError, InvalidRequest, UnsupportedMediaType
 from ..json_input import parse_json
 from ..runtime import Runtime
 from ..telemetry import metrics as telemetry_metrics
+from . import arrival
 from .client_auth import ClientIdentity
 from .registry import ServiceRegistry
 from .schemas import FeedbackRequestSchema, load_or_400
@@ -92,10 +93,11 @@ def discovery():
 
 @hooks_api.post("/cds-services/<service_id>")
 def call_service(service_id: str):
+    arrived = arrival.take()  # the budget counts from here: waiting for a thread, reading, parsing
     rt = _runtime()
     registry = _registry(rt)
     client = _authenticate(rt, f"/cds-services/{service_id}")
-    answer = registry.call(service_id, _json_body(), client)
+    answer = registry.call(service_id, _json_body(), client, arrived=arrived)
     response = jsonify(answer.body)
     answer.watch.lap("render")
     response.headers["Server-Timing"] = answer.server_timing()

@@ -56,10 +56,19 @@ _context_schemas = {hook: schema() for hook, schema in CONTEXT_SCHEMAS.items()}
 
 
 class Stopwatch:
-    def __init__(self):
+    """Stage times of one call. `arrived` (time.monotonic()) is when the request arrived, before the
+    pipeline started: the time since is the first stage, "receive" (waiting for a thread, reading and
+    parsing the body, authenticating the client), and the response budget and FHIR deadline count from
+    it (`start_monotonic`)."""
+
+    def __init__(self, arrived: float | None = None):
         self.start = self.last = time.perf_counter()
-        self.start_monotonic = time.monotonic()
+        now = time.monotonic()
+        self.start_monotonic = min(arrived, now) if arrived is not None else now
         self.stages: dict[str, float] = {}
+        self._before = now - self.start_monotonic  # seconds before the pipeline started
+        if arrived is not None:
+            self.stages["receive"] = round(self._before * 1000, 2)
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
@@ -67,7 +76,7 @@ class Stopwatch:
         self.last = now
 
     def total(self) -> float:
-        return round((time.perf_counter() - self.start) * 1000, 2)
+        return round((time.perf_counter() - self.start + self._before) * 1000, 2)
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,7 @@ class HookCall:
         body: Any,
         client: ClientIdentity,
         today: date | None = None,
+        arrived: float | None = None,
     ) -> "HookCall":
         return cls(
             service_id,
@@ -163,7 +173,7 @@ class HookCall:
             client,
             decision_id=str(uuid.uuid4()),
             recorded_at=utc_now(),
-            watch=Stopwatch(),
+            watch=Stopwatch(arrived),
             today=today,
         )
 
@@ -278,7 +288,10 @@ def check_drafts(call: HookCall, validator: ResourceValidator) -> None:
 def gather(call: HookCall, fhir: FhirAccess, executor: Executor | None) -> None:
     """The prefetch as sent, the rest fetched from the EHR's FHIR server (prefetch.py)."""
     request = call.request
-    client = call.fhir_client = fhir.client(request.fhir_server, request.access_token)
+    # the FHIR deadline counts from the request's arrival, like the response budget
+    client = call.fhir_client = fhir.client(
+        request.fhir_server, request.access_token, started=call.watch.start_monotonic
+    )
     try:
         call.prefetch = resolve(
             call.service.templates,
@@ -491,8 +504,9 @@ class HookPipeline:
         body: Any,
         client: ClientIdentity,
         today: date | None = None,
+        arrived: float | None = None,
     ) -> HookAnswer:
-        return self.run(HookCall.start(service_id, candidates, body, client, today))
+        return self.run(HookCall.start(service_id, candidates, body, client, today, arrived))
 
     def warm(self, service_id: str, candidates: dict[str, ServiceDefinition], body: Any) -> list[dict]:
         """Every stage but the LLM and the decision log, on a synthetic request (protocol/warm_up.py);

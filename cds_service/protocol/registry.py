@@ -159,7 +159,14 @@ class ServiceRegistry:
         return hooks
 
     def call(
-        self, service_id: str, body: Any, client: "ClientIdentity", *, today: date | None = None
+        self,
+        service_id: str,
+        body: Any,
+        client: "ClientIdentity",
+        *,
+        today: date | None = None,
+        arrived: float | None = None,
     ) -> "HookAnswer":
-        """One lookup, then the pipeline. Every call to an existing service is recorded, 4xx included."""
-        return self.pipeline.call(service_id, self.by_hook(service_id), body, client, today)
+        """One lookup, then the pipeline. Every call to an existing service is recorded, 4xx included.
+        `arrived`: when the request arrived (time.monotonic()); the budgets count from it."""
+        return self.pipeline.call(service_id, self.by_hook(service_id), body, client, today, arrived)

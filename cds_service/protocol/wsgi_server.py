@@ -15,12 +15,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from ..errors import clip
+from . import arrival
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,14 @@ class CdsThreadWorker(ThreadWorker):
         util.write_error = write_operation_outcome
         TConn.init = _init_with_read_timeout
         super().init_process()
+
+    def enqueue_req(self, conn):
+        conn.cds_arrived = time.monotonic()  # a new connection, or a kept-alive one with a request waiting
+        super().enqueue_req(conn)
+
+    def handle(self, conn):
+        arrival.mark(getattr(conn, "cds_arrived", time.monotonic()))  # this pool thread handles it now
+        return super().handle(conn)
 
     def run(self):
         super().run()  # returns once the calls in flight are answered

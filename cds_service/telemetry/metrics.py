@@ -85,7 +85,7 @@ llm_failures = Counter("cds_llm_failures_total", "LLM generations that failed", 
 def observe_call(call: "HookCall", record: "DecisionRecord", append_seconds: float) -> None:
     """One hook call, once its decision is logged: latency, cards, the rules that fired."""
     service = call.service_id  # the registry answers 404 before the pipeline for an unknown id
-    hook_calls.labels(service, str(call.status)).observe(time.perf_counter() - call.watch.start)
+    hook_calls.labels(service, str(call.status)).observe(call.watch.total() / 1000)  # from arrival
     decision_log_append.observe(append_seconds)
     for card in record.data["response"].get("cards") or ():
         indicator = card.get("indicator")
