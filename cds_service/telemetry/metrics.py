@@ -48,7 +48,7 @@ _LLM_BUCKETS = (0.05, 0.1, 0.25, 0.45, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 hook_calls = Histogram(
     "cds_hook_request_duration_seconds",
-    "Hook calls to a CDS Service, from the start of the call until its decision is logged",
+    "Hook calls to a CDS Service, from the request's arrival until its decision is logged",
     ["service", "status"],
     buckets=_CALL_BUCKETS,
 )
