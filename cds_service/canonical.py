@@ -12,7 +12,8 @@ first, and the standard library writes whatever orjson would write differently:
   (a string that merely looks like one costs only the slower path).
 NaN and Infinity are not JSON: orjson writes null, the standard library a bare NaN that no JSON reader
 takes; no record holds one (parse_json refuses them in input), and a record written either way verifies.
-tests/test_canonical.py compares the two on random data and on every decision record of the rule cases.
+tests/test_canonical.py compares the two on data built to hit their differences; `audit verify` re-derives
+every stored record with the standard library, so a record the fast path wrote differently fails it.
 """
 
 from __future__ import annotations

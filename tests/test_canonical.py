@@ -99,24 +99,19 @@ def test_a_resource_hash_is_the_sha256_of_the_standard_librarys_canonical_text()
     assert content_hash(resource) == expected
 
 
-def _stdlib_error(text: bytes) -> str | None:
+def _stdlib_error(text: bytes, monkeypatch) -> str | None:
     """The message of the standard library path alone (parse_json with orjson made to refuse)."""
     import cds_service.json_input as json_input
 
-    class Refusing:
-        JSONDecodeError = json_input.orjson.JSONDecodeError
+    def refuse(_):
+        raise json_input.orjson.JSONDecodeError("refused", "", 0)
 
-        @staticmethod
-        def loads(_):
-            raise json_input.orjson.JSONDecodeError("refused", "", 0)
-
-    real, json_input.orjson = json_input.orjson, Refusing
-    try:
-        parse_json(text)
-    except JsonInputError as exc:
-        return str(exc)
-    finally:
-        json_input.orjson = real
+    with monkeypatch.context() as patched:
+        patched.setattr(json_input.orjson, "loads", refuse)
+        try:
+            parse_json(text)
+        except JsonInputError as exc:
+            return str(exc)
     return None
 
 
@@ -135,10 +130,10 @@ def _stdlib_error(text: bytes) -> str | None:
         b"",
     ],
 )
-def test_refusals_say_what_the_standard_library_path_says(text):
+def test_refusals_say_what_the_standard_library_path_says(text, monkeypatch):
     with pytest.raises(JsonInputError) as refused:
         parse_json(text)
-    assert str(refused.value) == _stdlib_error(text)
+    assert str(refused.value) == _stdlib_error(text, monkeypatch)
 
 
 def test_what_is_accepted_is_what_the_standard_library_reads():
