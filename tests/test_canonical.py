@@ -183,3 +183,28 @@ def test_a_chart_whose_text_holds_long_numbers_takes_the_fast_path(monkeypatch):
         "ids": [2**63 - 1, -(2**63)],
     }
     assert parse_json(json.dumps(body).encode()) == body
+
+
+@pytest.mark.parametrize("shape", ["[{}]", '{{"a": {}}}'])
+def test_the_depth_limit_is_the_same_on_both_paths(shape, monkeypatch):
+    """MAX_DEPTH nested containers are read, one more is refused, whichever parser read the text."""
+    from cds_service.json_input import MAX_DEPTH
+
+    def nested(levels: int) -> bytes:
+        text = "1"
+        for _ in range(levels):
+            text = shape.format(text)
+        return text.encode()
+
+    assert parse_json(nested(MAX_DEPTH)) == json.loads(nested(MAX_DEPTH))
+    with pytest.raises(JsonInputError, match="nested more than"):
+        parse_json(nested(MAX_DEPTH + 1))
+    import orjson
+
+    def refuse(raw):  # as orjson does text it cannot read: the standard library path decides
+        raise orjson.JSONDecodeError("refused", "", 0)
+
+    monkeypatch.setattr("cds_service.json_input.orjson.loads", refuse)
+    assert parse_json(nested(MAX_DEPTH)) == json.loads(nested(MAX_DEPTH))
+    with pytest.raises(JsonInputError, match="nested more than"):
+        parse_json(nested(MAX_DEPTH + 1))
