@@ -53,7 +53,9 @@ class Content:
         terminology = load_terminology(settings.fhir_dir / "terminology")
         rulebook = load_rulebook(settings.rules_dir, terminology)
         services = load_services(settings.hooks_dir, rulebook)
-        facts_builder = FactsBuilder(terminology, MmeCalculator.load(settings.fhir_dir))
+        facts_builder = FactsBuilder(
+            terminology, MmeCalculator.load(settings.fhir_dir), cache_size=settings.resource_cache_size
+        )
         return cls(terminology, rulebook, services, facts_builder, NoteReader(terminology))
 
 
@@ -130,7 +132,7 @@ class Runtime:
                 ),
             )
             pipeline = HookPipeline(
-                ResourceValidator(),
+                ResourceValidator(settings.resource_cache_size),
                 fhir,
                 executor,
                 rt.content.facts_builder,

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     model_dir: str = ""
     # Model name sent to a remote OpenAI-compatible server.
     llm_model: str = ""
+    # Per-resource results kept by content hash (validation verdicts, facts read from a resource): an EHR
+    # sends the same chart again on every hook call of an encounter. 0: nothing kept (each call does all).
+    resource_cache_size: int = Field(default=50_000, ge=0)
     # The whole hook response aims to finish within this many ms; LLM text not ready by then comes later.
     response_budget_ms: int = 450
     llm_max_new_tokens: int = 64

@@ -6,6 +6,7 @@ from datetime import date
 
 import pytest
 
+from cds_service.canonical import content_hash
 from cds_service.clinical.facts import FactsBuilder
 from cds_service.clinical.mme import MmeCalculator
 from cds_service.clinical.renal import ckd_epi_2021, creatinine_mg_dl, latest_egfr
@@ -175,3 +176,66 @@ def test_a_concept_recorded_by_code_alone_is_named_by_its_ingredients_and_code(b
     )
     assert [m.name for m in facts.draft_orders] == ["warfarin (RxNorm 855332)", "code X1"]
     assert [c.name for c in facts.conditions] == ["SNOMED CT 49436004"]
+
+
+def _condition(status: str) -> dict:
+    return {
+        "resourceType": "Condition",
+        "id": "ckd",
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]
+        },
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "431855005"}], "text": "CKD 1"},
+    }
+
+
+def test_facts_read_from_the_same_content_are_reused_and_changed_content_is_read_anew(terminology):
+    """The per-resource facts cache is keyed by content, never by id: a Condition resolved since the last
+    call (same id) is read again; the same content, as a new object, gives the very facts read before."""
+    builder = FactsBuilder(terminology, cache_size=10)
+    plain = FactsBuilder(terminology, cache_size=0)
+
+    def build(b, resource):
+        return b.build([resource], patient_id=PATIENT_ID, digests={id(resource): content_hash(resource)})
+
+    first = build(builder, _condition("active"))
+    assert [c.active for c in first.conditions] == [True]
+    again = build(builder, _condition("active"))
+    assert again.conditions[0] is first.conditions[0]  # reused
+    resolved = build(builder, _condition("resolved"))
+    assert [c.active for c in resolved.conditions] == [False]
+    for status in ("active", "resolved"):
+        assert build(builder, _condition(status)).conditions == build(plain, _condition(status)).conditions
+    # Without a content hash nothing is reused (a resource nobody screened)
+    unscreened = _condition("active")
+    assert builder.build([unscreened], patient_id=PATIENT_ID).conditions[0] is not first.conditions[0]
+
+
+def test_value_set_membership_kept_per_process_depends_on_the_drug(builder, terminology):
+    """The engine keeps med_in answers for the process, keyed by the value sets and the drug: two drugs
+    asked about the same value sets get their own answers, in either order."""
+    from cds_service.clinical.engine import Evaluation
+
+    def med(code: str, text: str) -> dict:
+        return {
+            "resourceType": "MedicationRequest",
+            "id": code,
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code}], "text": text},
+        }
+
+    facts = builder.build(
+        [med("197806", "Ibuprofen 400 MG Oral Tablet"), med("855332", "Warfarin Sodium 5 MG Oral Tablet")],
+        patient_id=PATIENT_ID,
+    )
+    ibuprofen, warfarin = sorted(facts.medications, key=lambda m: m.name)
+    assert "ibuprofen" in ibuprofen.ingredients and "warfarin" in warfarin.ingredients
+    for order in ((ibuprofen, warfarin), (warfarin, ibuprofen)):
+        terminology.membership.clear()
+        answers = {m.name: Evaluation(facts, terminology).med_in(["nsaids"], m) for m in order}
+        assert answers == {ibuprofen.name: True, warfarin.name: False}
+        assert Evaluation(facts, terminology).med_in("anticoagulants", warfarin) is True
+        assert Evaluation(facts, terminology).med_in("anticoagulants", ibuprofen) is False

@@ -48,6 +48,9 @@ class RuleResult:
         return self.outcome == "fired" and self.rule.status == "active"
 
 
+MEMBERSHIP_MEMO_MAX = 100_000  # (value sets, drug) answers kept per process
+
+
 class Evaluation:
     """Evaluates conditions for one rule against one Facts (and one draft order, when bound)."""
 
@@ -68,24 +71,31 @@ class Evaluation:
         return False
 
     def med_in(self, refs, med: Medication) -> bool:
-        key = ("med_in", tuple(listify(refs)), med.ref, med.is_draft)
-        if key not in self._memo:
-            hit = False
-            for ref in listify(refs):
-                if ref.startswith("ingredient:"):
-                    hit = ref[len("ingredient:") :] in med.ingredients
-                    if hit:
-                        break
-                    continue
-                vs = self.terminology.valuesets.get(ref) if "|" not in ref else None
-                if vs is not None and vs.is_drug_class and ref in med.classes:
-                    hit = True
-                elif self.codes_in(ref, med.codes):
-                    hit = True
-                if hit:
-                    break
-            self._memo[key] = hit
-        return self._memo[key]
+        """Is the medication in value set(s) `refs`? A pure function of the value sets and the drug
+        (codes, ingredients, classes), so it is kept for the process (on the terminology, bounded): a
+        call asks ~150 times, nearly all about drugs an earlier call asked about."""
+        key = (refs if type(refs) is str else tuple(refs or ()), med.drug)
+        memo = self.terminology.membership
+        hit = memo.get(key)
+        if hit is None:
+            hit = self._med_in(refs, med)
+            if len(memo) >= MEMBERSHIP_MEMO_MAX:
+                memo.clear()  # rare: a fresh start beats bookkeeping on every lookup
+            memo[key] = hit
+        return hit
+
+    def _med_in(self, refs, med: Medication) -> bool:
+        for ref in listify(refs):
+            if ref.startswith("ingredient:"):
+                if ref[len("ingredient:") :] in med.ingredients:
+                    return True
+                continue
+            vs = self.terminology.valuesets.get(ref) if "|" not in ref else None
+            if vs is not None and vs.is_drug_class and ref in med.classes:
+                return True
+            if self.codes_in(ref, med.codes):
+                return True
+        return False
 
     def observations_in(self, refs) -> tuple:
         """The observations (newest first) with a code in value set(s) `refs`, found once per call: rules

@@ -10,11 +10,14 @@ encounters, procedures, care plans, service requests. Everything here is a pure 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
+
+from cachetools import LRUCache
 
 from .mentions import ALLERGY, CONDITION, MEDICATION, PRESENT, Mention
 from .routes import is_systemic, route_of, route_of_sentence
@@ -208,9 +211,14 @@ class Medication:
     same_as: str | None = None  # the current record this one repeats (a fill of an active order ...)
     based_on: tuple[str, ...] = ()  # orders it fills or follows (authorizingPrescription, basedOn, request)
 
-    @property
+    @cached_property
     def ref(self) -> str:
         return note_ref(self.evidence) if self.evidence else f"{self.resource_type}/{self.id}"
+
+    @cached_property
+    def drug(self) -> tuple:
+        """What value-set membership depends on (codes, ingredients, classes): a key for the engine."""
+        return (self.codes, self.ingredients, self.classes)
 
     @property
     def is_active(self) -> bool:
@@ -513,11 +521,30 @@ ELEMENTS_READ: dict[str, frozenset[str]] = {
 
 
 class FactsBuilder:
-    """Builds Facts. Holds only start-up state (terminology, MME calculator)."""
+    """Builds Facts. Holds start-up state (terminology, MME calculator) and, thread-safe, the facts read
+    from each allergy, condition, observation and event by the resource's content hash: they depend on
+    the content alone (and the terminology, fixed for the builder's life), and an EHR sends the same
+    chart on every call of an encounter. Medications are read every time: they depend on the call's
+    Medication resources and its clock."""
 
-    def __init__(self, terminology: Terminology, mme_calculator=None):
+    def __init__(self, terminology: Terminology, mme_calculator=None, cache_size: int = 50_000):
         self.terminology = terminology
         self.mme = mme_calculator
+        self._read: LRUCache | None = LRUCache(maxsize=cache_size) if cache_size else None
+        self._lock = threading.Lock()
+
+    def _read_once(self, read, r: dict, digest: str | None):
+        """read(r), or what it returned for the same content before (frozen facts, shared safely)."""
+        if digest is None or self._read is None:
+            return read(r)
+        key = (read.__name__, digest)
+        with self._lock:
+            found = self._read.get(key)
+        if found is None:
+            found = read(r)
+            with self._lock:
+                self._read[key] = found
+        return found
 
     def build(
         self,
@@ -533,8 +560,12 @@ class FactsBuilder:
         mentions: Iterable[Mention] = (),
         hook: str | None = None,
         selections: Iterable[str] = (),
+        digests: Mapping[int, str] | None = None,
     ) -> Facts:
+        """`digests`: id(resource) -> its content hash, where known (the screen's): facts already read
+        from the same content are reused."""
         now = now or datetime.now(UTC)
+        digests = digests or {}
         today = today or now.date()
         if now.date() != today:  # a fixed "today" (rule tests, replays): noon keeps day arithmetic whole
             now = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
@@ -566,13 +597,13 @@ class FactsBuilder:
                     med = self._medication(r, medication_index, is_draft=False, now=now)
                     meds.setdefault(med.ref, med)
                 elif rtype == "AllergyIntolerance":
-                    allergies.append(self._allergy(r))
+                    allergies.append(self._read_once(self._allergy, r, digests.get(id(r))))
                 elif rtype == "Condition":
-                    conditions.append(self._condition(r))
+                    conditions.append(self._read_once(self._condition, r, digests.get(id(r))))
                 elif rtype == "Observation":
-                    observations.extend(self._observations(r))
+                    observations.extend(self._read_once(self._observations, r, digests.get(id(r))))
                 elif rtype in EVENT_TYPES:
-                    events.append(self._event(r))
+                    events.append(self._read_once(self._event, r, digests.get(id(r))))
             except Exception as exc:  # screened data the builder still cannot read: set aside, said
                 unreadable.append(("resources", position, type(exc).__name__))
                 incomplete.add(str(r.get("resourceType")))
@@ -920,10 +951,10 @@ class FactsBuilder:
         )
 
     # -- observations --------------------------------------------------------------------------
-    def _observations(self, r: dict) -> list[Observation]:
+    def _observations(self, r: dict) -> tuple[Observation, ...]:
         status = r.get("status") or "unknown"
         if status in UNUSABLE_OBSERVATION:
-            return []
+            return ()
         when = parse_datetime(
             r.get("effectiveDateTime")
             or r.get("effectiveInstant")
@@ -936,7 +967,7 @@ class FactsBuilder:
         out = [self._observation(r, rid, when, status, categories, None)]
         for i, component in enumerate(r.get("component") or []):
             out.append(self._observation(component, f"{rid}#{i}", when, status, categories, rid))
-        return out
+        return tuple(out)
 
     @staticmethod
     def _observation(r: dict, rid: str, when, status, categories, parent) -> Observation:

@@ -93,6 +93,8 @@ class Terminology:
         self, valuesets: dict[str, ValueSet], products: dict[tuple[str, str], set[str]] | None = None
     ):
         self.valuesets = valuesets
+        # (value set ids, drug) -> member or not: filled by the rules engine (engine.Evaluation.med_in)
+        self.membership: dict[tuple, bool] = {}
         self.products = (
             products or {}
         )  # RxNorm clinical/branded drug -> ingredient names (fhir/terminology/maps)

@@ -406,6 +406,7 @@ def build_facts(call: HookCall, builder: FactsBuilder) -> None:
         mentions=call.mentions,
         hook=call.request.hook,
         selections=call.request.selections,  # order-select: only these drafts are the rules' subjects
+        digests=call.hashes,  # facts read before from the same content are reused
     )
     if call.notes is not None:  # every mention and what became of it (used, or why not)
         call.notes["mentions"] = [
