@@ -32,6 +32,7 @@ from cds_service.audit.storage import (
     llm_outputs,
     make_engine,
     rule_outcomes,
+    rule_sets,
 )
 from cds_service.cli import main
 from cds_service.reasoning.cache import LlmStore, Stored
@@ -172,8 +173,36 @@ def _tamper(conn, case: str, ctx: dict) -> tuple[str, str]:
         )
         return "rule_outcomes", f"id {_outcome_id(conn, d[0], 'forged')}"
     if case == "rule_outcomes-delete":
-        conn.execute(delete(rule_outcomes).where(rule_outcomes.c.id == _outcome_id(conn, d[2], "dup")))
-        return "rule_outcomes", f"decision {d[2]}, rule dup"
+        conn.execute(delete(rule_outcomes).where(rule_outcomes.c.id == _outcome_id(conn, d[2], "ddi-a")))
+        return "rule_outcomes", f"decision {d[2]}, rule ddi-a"
+    if case == "rule_outcomes-insert-not-fired":  # rules that did not fire have no row: one is forged
+        conn.execute(
+            insert(rule_outcomes).values(
+                decision_id=d[1],
+                recorded_at="2026-11-26T10:00:00.000000Z",
+                rule_id="dup",
+                rule_version="1.0.0",
+                rule_status="active",
+                outcome="not-fired",
+                cards_shown=0,
+            )
+        )
+        return "rule_outcomes", f"id {_outcome_id(conn, d[1], 'dup')}"
+    set_id = conn.execute(select(decisions.c.rule_set).where(decisions.c.seq == 1)).scalar_one()
+    if case == "rule_sets-edit":  # count the evaluations of "dup" under another version
+        conn.execute(update(rule_sets).where(rule_sets.c.rule_id == "dup").values(rule_version="9.9.9"))
+        return "rule_sets", f"set_id {set_id}"
+    if case == "rule_sets-insert":  # claim a rule was evaluated that was not
+        conn.execute(
+            insert(rule_sets).values(set_id=set_id, rule_id="forged", rule_version="1", rule_status="active")
+        )
+        return "rule_sets", f"set_id {set_id}"
+    if case == "rule_sets-delete":
+        conn.execute(delete(rule_sets).where(rule_sets.c.set_id == set_id))
+        return "rule_sets", f"set_id {set_id}"
+    if case == "decisions-rule_set":  # point a decision at another set of rules
+        conn.execute(update(decisions).where(decisions.c.seq == 3).values(rule_set="0" * 64))
+        return "decisions", "seq 3"
     if case == "feedback-edit":
         conn.execute(update(feedback).where(feedback.c.seq == 2).values(outcome="accepted"))
         return "feedback", "seq 2"
@@ -235,6 +264,11 @@ TAMPERING = [
     "rule_outcomes-edit",
     "rule_outcomes-insert",
     "rule_outcomes-delete",
+    "rule_outcomes-insert-not-fired",
+    "rule_sets-edit",
+    "rule_sets-insert",
+    "rule_sets-delete",
+    "decisions-rule_set",
     "feedback-edit",
     "feedback-relink",
     "feedback-insert",
@@ -255,7 +289,8 @@ def test_verify_names_the_table_and_row_of_every_edit_insertion_and_deletion(eng
     assert clean.counts == {
         "decisions": 4,
         "cards": 4,
-        "rule_outcomes": 8,
+        "rule_outcomes": 4,  # the fired ones: a rule that did not fire is counted through its rule set
+        "rule_sets": 1,
         "feedback": 4,
         "llm_outputs": 3,
     }

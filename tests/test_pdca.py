@@ -7,31 +7,49 @@ import uuid
 import builders
 from click.testing import CliRunner
 from shared import bundled_content
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
+from cds_service.audit.decision_log import DecisionLog
 from cds_service.audit.pdca import collect, render_html, render_markdown, review
+from cds_service.audit.record import DecisionRecord
 from cds_service.audit.storage import feedback, init_schema, make_engine, rule_outcomes
 from cds_service.cli import main
 
 DUPLICATE_VERSION = bundled_content().rulebook.by_id("duplicate-ingredient").version
 
 
+def _record(rule_id: str, version: str, status: str, fired: bool) -> DecisionRecord:
+    """A decision that evaluated one rule, as the pipeline records it (a card when an active rule fires)."""
+    card = str(uuid.uuid4())
+    shown = fired and status == "active"
+    entry = {"id": rule_id, "version": version, "status": status, "findings": int(fired)}
+    entry["outcome"] = "fired" if fired else "not-fired"
+    if shown:
+        entry["cards"] = [card]
+    return DecisionRecord(
+        {
+            "id": str(uuid.uuid4()),
+            "recordedAt": "2026-11-01T00:00:00.000000Z",
+            "service": {"id": "s"},
+            "hook": "order-sign",
+            "hookInstance": str(uuid.uuid4()),
+            "client": {"id": None, "authenticated": False},
+            "data": [],
+            "rules": [entry],
+            "llm": None,
+            "response": {"status": 200, "cards": [{"uuid": card, "indicator": "warning"}] if shown else []},
+            "timingsMs": {"total": 1.0},
+        }
+    )
+
+
 def _seed(
     engine, rule_id, version, status, fired, evaluated, accepted=0, overridden=0, reason="risk-benefit-ratio"
 ):
+    log = DecisionLog(engine, group_commit=False)
+    for i in range(evaluated):
+        log.append(_record(rule_id, version, status, fired=i < fired))
     with engine.begin() as conn:
-        for i in range(evaluated):
-            conn.execute(
-                insert(rule_outcomes).values(
-                    decision_id=str(uuid.uuid4()),
-                    recorded_at="2026-11-01T00:00:00Z",
-                    rule_id=rule_id,
-                    rule_version=version,
-                    rule_status=status,
-                    outcome="fired" if i < fired else "not-fired",
-                    cards_shown=1 if (i < fired and status == "active") else 0,
-                )
-            )
         for i in range(accepted + overridden):
             outcome = "accepted" if i < accepted else "overridden"
             conn.execute(
@@ -60,6 +78,10 @@ def test_counts_rates_and_review_list(tmp_path):
     _seed(engine, "trial", "0.1.0", "shadow", fired=15, evaluated=30)
     stats = {s.rule_id: s for s in collect(engine)}
     assert (stats["noisy"].fired, stats["noisy"].shown, stats["noisy"].overridden) == (30, 30, 27)
+    # evaluations come from each decision's rule set; only outcomes other than not-fired have rows
+    assert [stats[r].evaluated for r in ("noisy", "fine", "trial")] == [40, 50, 30]
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(rule_outcomes)).scalar_one() == 30 + 10 + 15
     assert stats["fine"].acceptance_rate == 0.9
     assert stats["trial"].shadow_fired == 15 and stats["trial"].shown == 0
     flagged = {(i.rule_id, i.action.split(":")[0]) for i in review(list(stats.values()))}

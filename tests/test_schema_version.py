@@ -25,11 +25,61 @@ from cds_service.audit.storage import SchemaOutdated, make_engine, metadata
 from cds_service.cli import main
 
 
-class _BaselineRecord(DecisionRecord):
-    """A record as the baseline layout stores it (no request_id column yet)."""
+class _LegacyRecord(DecisionRecord):
+    """A record as an older layout stores it: without the columns added since (`lacks`), and, before
+    0003, a rule_outcomes row for every rule evaluated and no rule set."""
+
+    lacks = ("request_id", "rule_set")
 
     def columns(self) -> dict:
-        return {k: v for k, v in super().columns().items() if k != "request_id"}
+        return {k: v for k, v in super().columns().items() if k not in self.lacks}
+
+    def outcome_rows(self) -> list[dict]:
+        d = self.data
+        return [
+            {
+                "decision_id": d["id"],
+                "recorded_at": d["recordedAt"],
+                "rule_id": r["id"],
+                "rule_version": r["version"],
+                "rule_status": r["status"],
+                "outcome": r["outcome"],
+                "cards_shown": len(r.get("cards") or []),
+            }
+            for r in d.get("rules") or []
+        ]
+
+    def rule_set(self):
+        return None, []
+
+
+class _BaselineRecord(_LegacyRecord):
+    pass
+
+
+class _Release0002Record(_LegacyRecord):
+    lacks = ("rule_set",)
+
+
+def _with_rules(record: DecisionRecord, i: int) -> DecisionRecord:
+    """Three rules evaluated, of two versions of the rulebook; one fires on every third call."""
+    version = "1.0.0" if i < 4 else "1.1.0"
+    record.data["rules"] = [
+        {
+            "id": "fires",
+            "version": version,
+            "status": "active",
+            "outcome": "fired" if i % 3 == 0 else "not-fired",
+        },
+        {"id": "quiet", "version": "2.0.0", "status": "active", "outcome": "not-fired"},
+        {
+            "id": "trial",
+            "version": "0.1.0",
+            "status": "shadow",
+            "outcome": "skipped" if i == 5 else "not-fired",
+        },
+    ]
+    return record
 
 
 def _differences(engine) -> list:
@@ -71,6 +121,43 @@ def test_a_database_made_before_migrations_is_stamped_then_upgraded_with_every_r
         ids = conn.execute(text("SELECT seq, request_id FROM decisions ORDER BY seq")).all()
     assert ids == [(1, None), (2, None), (3, None), (4, "req-after-upgrade")]
     assert log.verify().ok and _differences(engine) == []
+
+
+def test_upgrading_to_rule_sets_keeps_every_count_and_record(tmp_path):
+    """0003: the not-fired rows of records written before go, each record's rule set is derived from the
+    chained record, and the PDCA report counts what it counted before; the chain verifies."""
+    from cds_service.audit.pdca import collect
+
+    engine = make_engine(f"sqlite:///{tmp_path / '0002.sqlite3'}")
+    with engine.begin() as conn:
+        schema_version.command.upgrade(schema_version._config(conn), "0002")
+    records = [_Release0002Record(_with_rules(_fake_record(i), i).data) for i in range(8)]
+    DecisionLog(engine, group_commit=False)._write(records)
+    with engine.connect() as conn:  # what the report counted before, one row per rule evaluated
+        counted = text(
+            "SELECT rule_id, rule_version, rule_status, count(*), "
+            "sum(CASE WHEN outcome = 'fired' THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN outcome IN ('skipped', 'unevaluable') THEN 1 ELSE 0 END) "
+            "FROM rule_outcomes GROUP BY rule_id, rule_version, rule_status"
+        )
+        before = {tuple(r[:3]): tuple(r[3:]) for r in conn.execute(counted)}
+    assert sum(n for n, _, _ in before.values()) == 24
+    assert upgrade(engine) == ("0002", head_revision())
+    after = {
+        (s.rule_id, s.version, s.status): (s.evaluated, s.fired + s.shadow_fired, s.skipped)
+        for s in collect(engine)
+    }
+    assert after == before
+    with engine.connect() as conn:
+        outcomes = conn.execute(text("SELECT count(*) FROM rule_outcomes")).scalar_one()
+        sets = conn.execute(text("SELECT count(DISTINCT rule_set) FROM decisions")).scalar_one()
+    assert outcomes == 3 + 1 and sets == 2  # fired and skipped only; two rulebook versions
+    log = DecisionLog(engine)
+    assert log.verify().ok
+    log.append(_with_rules(_fake_record(8), 8))
+    report = log.verify()
+    assert report.ok and report.counts["rule_sets"] == 2  # the new record names a set already stored
+    assert _differences(engine) == []
 
 
 def test_a_worker_refuses_a_database_that_was_not_upgraded(tmp_path):

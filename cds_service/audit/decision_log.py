@@ -27,7 +27,15 @@ from .group_commit import GroupCommitter
 from .integrity import Problem, VerifyReport, verify
 from .log_writer import WriterClient, WriterUnavailable
 from .record import DecisionRecord
-from .storage import cards, chain_anchor, decisions, rule_outcomes, write_transaction
+from .storage import (
+    cards,
+    chain_anchor,
+    decisions,
+    dialect_insert,
+    rule_outcomes,
+    rule_sets,
+    write_transaction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +64,16 @@ class _Prepared:
     columns: dict
     card_rows: list[dict]
     outcome_rows: list[dict]
+    rule_set: tuple[str | None, list[tuple[str, str, str]]]  # (id, members): the rules evaluated
     marks: tuple[str, str] = (_SEQ_MARK, _PREV_MARK)  # the preparing process's (the writer has its own)
 
     @classmethod
     def of(cls, record: DecisionRecord) -> "_Prepared":
         record.data.update(seq=_SEQ_MARK, prevHash=_PREV_MARK)
         body = canonical_json(record.data)
-        return cls(record, body, record.columns(), record.card_rows(), record.outcome_rows())
+        return cls(
+            record, body, record.columns(), record.card_rows(), record.outcome_rows(), record.rule_set()
+        )
 
     def __getstate__(self) -> dict:
         """What the writer process needs: the text, the rows and the record's id; the record's dict (as
@@ -94,6 +105,20 @@ def _insert_many(conn: Connection, table: Table, rows: list[dict]) -> None:
     conn.exec_driver_sql(sql, params)
 
 
+def _insert_sets(conn: Connection, new_sets: dict[str, list[tuple[str, str, str]]]) -> None:
+    """The members of rule sets not yet known to this process; a set another process (or an earlier life
+    of this one) stored is left as it is (same id, same members)."""
+    if not new_sets:
+        return
+    insert_ = dialect_insert(conn)
+    rows = [
+        dict(set_id=set_id, rule_id=r, rule_version=v, rule_status=s)
+        for set_id, members in new_sets.items()
+        for r, v, s in members
+    ]
+    conn.execute(insert_(rule_sets).on_conflict_do_nothing(), rows)
+
+
 class DecisionLog:
     def __init__(self, engine: Engine, *, group_commit: bool = True, writer: WriterClient | None = None):
         self.engine = engine
@@ -102,6 +127,7 @@ class DecisionLog:
         # ... and under `serve`, those of every worker, in its writer process (audit/log_writer.py).
         self._writer = writer
         self._writer_down_logged = False
+        self._stored_sets: set[str] = set()  # rule sets known to be in rule_sets (one per rulebook version)
 
     def append(self, record: DecisionRecord) -> Appended:
         """Append and return once the record is committed: `seq` and `prevHash` are set on the record
@@ -144,10 +170,14 @@ class DecisionLog:
                 outcome_rows += item.outcome_rows
                 appended.append(Appended(item.record.id, seq, digest))
                 prev = digest
+            new_sets = {i.rule_set[0]: i.rule_set[1] for i in batch if i.rule_set[0] not in self._stored_sets}
+            new_sets.pop(None, None)
+            _insert_sets(conn, new_sets)
             _insert_many(conn, decisions, rows)
             advance(conn, DECISIONS, head, seq, prev)
             _insert_many(conn, cards, card_rows)
             _insert_many(conn, rule_outcomes, outcome_rows)
+        self._stored_sets.update(new_sets)  # committed
         return appended
 
     def verify(

@@ -5,6 +5,8 @@
 - `cards` and `rule_outcomes`: re-derived per decision from the chained record
   (DecisionRecord.card_rows()/outcome_rows()) and compared with the table: a row edited, missing, or
   not derivable from any chained record (inserted) fails.
+- `rule_sets`: each set a decision names (its `rule_set` column, itself re-derived from the record) must
+  have members that hash to its id: a member edited, added or deleted fails.
 - `feedback` and `llm_outputs`: their own chains (audit/chain.py); feedback's link to the card's rule
   is also compared with the card index.
 - Each chain's head row, and optionally heads kept outside the database (``--expect-head``).
@@ -35,8 +37,8 @@ from .chain import (
     latest_anchor,
     stored_head,
 )
-from .record import DecisionRecord
-from .storage import cards, decisions, rule_outcomes
+from .record import DecisionRecord, rule_set_id
+from .storage import cards, decisions, rule_outcomes, rule_sets
 
 
 @dataclass
@@ -141,6 +143,7 @@ def _verify_decisions(conn: Connection, batch: int, found: _Findings, counts: di
         )
     checked = n_cards = n_outcomes = 0
     after = start
+    named_sets: set[str] = set()
     while True:
         rows = (
             conn.execute(
@@ -154,6 +157,7 @@ def _verify_decisions(conn: Connection, batch: int, found: _Findings, counts: di
         ids = [r["id"] for r in rows]
         card_rows = _group(conn, cards, ids)
         outcome_rows = _group(conn, rule_outcomes, ids)
+        named_sets.update(r["rule_set"] for r in rows if r["rule_set"] is not None)
         for row in rows:
             name = f"seq {row['seq']} (decision {row['id']})"
             problem, record = _check_decision(row, expected_prev, expected_seq)
@@ -182,8 +186,27 @@ def _verify_decisions(conn: Connection, batch: int, found: _Findings, counts: di
     _check_head(DECISIONS.name, "decisions", head, last, checked, found)
     _orphans(conn, cards, cards.c.card_uuid, start, found)
     _orphans(conn, rule_outcomes, rule_outcomes.c.id, start, found)
-    counts.update(decisions=checked, cards=n_cards, rule_outcomes=n_outcomes)
+    _check_rule_sets(conn, named_sets, found)
+    counts.update(decisions=checked, cards=n_cards, rule_outcomes=n_outcomes, rule_sets=len(named_sets))
     return checked, last
+
+
+def _check_rule_sets(conn: Connection, named: set[str], found: _Findings) -> None:
+    """Every rule set the decisions name: its members still hash to its id (one set per rulebook version)."""
+    ids = sorted(named)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        members: dict[str, list[tuple[str, str, str]]] = {set_id: [] for set_id in chunk}
+        query = select(
+            rule_sets.c.set_id, rule_sets.c.rule_id, rule_sets.c.rule_version, rule_sets.c.rule_status
+        ).where(rule_sets.c.set_id.in_(chunk))
+        for set_id, rule_id, version, status in conn.execute(query):
+            members[set_id].append((rule_id, version, status))
+        for set_id, rules in members.items():
+            if not rules:
+                found.add("rule_sets", f"set_id {set_id}", "missing: decisions name this set of rules")
+            elif rule_set_id(rules) != set_id:
+                found.add("rule_sets", f"set_id {set_id}", "edited: its members do not hash to its id")
 
 
 def _check_decision(row, expected_prev: str, expected_seq: int) -> tuple[str | None, dict | None]:

@@ -3,7 +3,8 @@ committee can tune, shadow or retire it (Act).
 
 Per rule and version: calls evaluated, fired, cards shown, shadow firings, cards accepted and
 overridden, override reasons, acceptance rate; and a list of rules to review. Reads the decision log's
-rule-outcome index and the feedback table; pure rendering to Markdown or HTML (with a PNG chart).
+rule sets, its rule-outcome index and the feedback table; pure rendering to Markdown or HTML (with a
+PNG chart).
 
 Feedback is counted per card, by the card's latest outcome (outcomeTimestamp, then arrival order): a
 client may report a card accepted and later overridden (the CDS Hooks Sandbox allows both), and such a
@@ -25,7 +26,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection, Engine, Row
 
-from .storage import decisions, feedback, rule_outcomes
+from .storage import decisions, feedback, rule_outcomes, rule_sets
 
 # Review thresholds (documented in the report itself).
 OVERRIDE_REVIEW_RATE = 0.80
@@ -86,12 +87,13 @@ class ReviewItem:
 def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[RuleStats]:
     ro = rule_outcomes
     where = [ro.c.recorded_at >= since] if since else []
+    # rule_outcomes holds every outcome but not-fired (migration 0003): evaluations are counted from the
+    # rule set each decision names, the rest from the outcomes.
     stmt = (
         select(
             ro.c.rule_id,
             ro.c.rule_version,
             ro.c.rule_status,
-            func.count().label("evaluated"),
             func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "active"), 1), else_=0)),
             func.sum(ro.c.cards_shown),
             func.sum(case((and_(ro.c.outcome == "fired", ro.c.rule_status == "shadow"), 1), else_=0)),
@@ -105,18 +107,12 @@ def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[Rul
     stats: dict[tuple[str, str, str], RuleStats] = {}
     fb_where = [feedback.c.received_at >= since] if since else []
     with engine.connect() as conn:
-        for rule_id, version, status, evaluated, fired, shown, shadow, skipped, errors in conn.execute(stmt):
-            stats[(rule_id, version, status)] = RuleStats(
-                rule_id,
-                version,
-                status,
-                evaluated=evaluated,
-                fired=fired or 0,
-                shown=shown or 0,
-                shadow_fired=shadow or 0,
-                skipped=skipped or 0,
-                errors=errors or 0,
-            )
+        for key, evaluated in _evaluations(conn, since).items():
+            stats[key] = RuleStats(*key, evaluated=evaluated)
+        for rule_id, version, status, fired, shown, shadow, skipped, errors in conn.execute(stmt):
+            item = stats.setdefault((rule_id, version, status), RuleStats(rule_id, version, status))
+            item.fired, item.shown, item.shadow_fired = fired or 0, shown or 0, shadow or 0
+            item.skipped, item.errors = skipped or 0, errors or 0
         by_card: dict[str, list[Row]] = {}
         for row in conn.execute(
             select(
@@ -169,6 +165,24 @@ def collect(engine: Engine, since: str | None = None, rulebook=None) -> list[Rul
         for item in stats.values():
             item.title = titles.get(item.rule_id, "")
     return sorted(stats.values(), key=lambda s: (s.rule_id, s.version, s.status))
+
+
+def _evaluations(conn: Connection, since: str | None) -> Counter:
+    """(rule id, version, status) -> calls that evaluated it: decisions counted per rule set, each set's
+    members read once."""
+    where = [decisions.c.rule_set.is_not(None)] + ([decisions.c.recorded_at >= since] if since else [])
+    counted = select(decisions.c.rule_set, func.count()).where(*where).group_by(decisions.c.rule_set)
+    per_set = {set_id: n for set_id, n in conn.execute(counted)}
+    out: Counter = Counter()
+    ids = sorted(per_set)
+    for start in range(0, len(ids), DECISIONS_PER_QUERY):
+        chunk = ids[start : start + DECISIONS_PER_QUERY]
+        members = select(
+            rule_sets.c.set_id, rule_sets.c.rule_id, rule_sets.c.rule_version, rule_sets.c.rule_status
+        ).where(rule_sets.c.set_id.in_(chunk))
+        for set_id, rule_id, version, status in conn.execute(members):
+            out[(rule_id, version, status)] += per_set[set_id]
+    return out
 
 
 def _offered_reasons(conn: Connection, decision_of: dict[str, str]) -> dict[str, list[dict]]:

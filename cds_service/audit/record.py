@@ -9,8 +9,10 @@ versionId/lastUpdated, content hash), never copied; the access token is never pa
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
+from ..canonical import canonical_bytes
 from ..ehr.data_quality import record_of as data_quality_record
 from ..ehr.data_quality import reference_of
 from ..errors import clip
@@ -106,6 +108,7 @@ class DecisionRecord:
             "client_id": (d.get("client") or {}).get("id"),
             "max_indicator": highest(c.get("indicator") for c in d["response"].get("cards") or []),
             "request_id": d.get("requestId"),
+            "rule_set": self.rule_set()[0],
         }
 
     def card_rows(self) -> list[dict]:
@@ -154,8 +157,18 @@ class DecisionRecord:
                 )
         return rows
 
+    def rule_set(self) -> tuple[str | None, list[tuple[str, str, str]]]:
+        """(id, members): every rule the call evaluated, as (rule id, version, status), sorted, and the id
+        of that set (`rule_set_id`). The PDCA report counts a rule's evaluations from it: one `rule_sets`
+        row per rule per distinct set, instead of a `rule_outcomes` row per rule per call. (None, []) when
+        no rule was evaluated (a refused call)."""
+        members = sorted({(r["id"], r["version"], r["status"]) for r in self.data.get("rules") or []})
+        return (rule_set_id(members) if members else None), members
+
     def outcome_rows(self) -> list[dict]:
-        """One row per rule evaluated (shadow included): what the PDCA report counts."""
+        """One row per rule evaluated with an outcome other than ``not-fired`` (shadow included): what the
+        PDCA report counts besides evaluations (a call evaluates ~40 rules and few fire, so the log
+        writes ~2 rows a call, not ~40; how many times each rule was evaluated is `rule_set`'s)."""
         d = self.data
         return [
             {
@@ -168,7 +181,17 @@ class DecisionRecord:
                 "cards_shown": len(r.get("cards") or []),
             }
             for r in d.get("rules") or []
+            if r["outcome"] != NOT_FIRED
         ]
+
+
+NOT_FIRED = "not-fired"
+
+
+def rule_set_id(members: list[tuple[str, str, str]]) -> str:
+    """sha256 of the canonical JSON of the sorted [rule id, version, status] triples. Stored in
+    `decisions.rule_set` and re-derived by `audit verify`: the form must never change."""
+    return hashlib.sha256(canonical_bytes([list(m) for m in sorted(members)])).hexdigest()
 
 
 def _rules(call: "HookCall") -> list[dict]:

@@ -52,6 +52,7 @@ decisions = Table(
     Column("client_id", String(256)),
     Column("max_indicator", String(16)),
     Column("request_id", String(128)),  # X-Request-Id: from a log line to its decision (migration 0002)
+    Column("rule_set", String(64)),  # the rules evaluated: rule_sets.set_id (migration 0003)
     Column("record", Text, nullable=False),  # canonical JSON of the decision
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
@@ -104,8 +105,20 @@ rule_outcomes = Table(
     Column("rule_id", String(96), nullable=False, index=True),
     Column("rule_version", String(32), nullable=False),
     Column("rule_status", String(16), nullable=False),
-    Column("outcome", String(16), nullable=False),  # fired | not-fired | unevaluable | skipped | error
+    # fired | unevaluable | skipped | error: a rule that did not fire has no row (migration 0003)
+    Column("outcome", String(16), nullable=False),
     Column("cards_shown", Integer, nullable=False),
+)
+
+# The rules a call evaluated, one row per rule per distinct set (a set changes only when the rulebook
+# does): with decisions.rule_set, how many times each rule version was evaluated (migration 0003).
+rule_sets = Table(
+    "rule_sets",
+    metadata,
+    Column("set_id", String(64), primary_key=True),  # audit/record.py rule_set_id
+    Column("rule_id", String(96), primary_key=True),
+    Column("rule_version", String(32), primary_key=True),
+    Column("rule_status", String(16), primary_key=True),
 )
 
 feedback = Table(
