@@ -10,6 +10,7 @@ systemic, the safe side for an interaction.
 
 from __future__ import annotations
 
+import functools
 import re
 
 ROUTES = (
@@ -87,8 +88,18 @@ _COMPILED = _TIERS[0] + _TIERS[1]
 
 
 def route_of_text(text: str | None) -> str | None:
-    if not isinstance(text, str) or not text:
-        return None
+    return _route_of_text(text) if isinstance(text, str) and text else None
+
+
+def route_of_sentence(text: str | None) -> str | None:
+    """The route a note's sentence gives, only when it names one route group alone ("diclofenac gel on the
+    knee"); "ibuprofen tablets and a diclofenac gel" names two and stays unknown (systemic)."""
+    return _route_of_sentence(text) if isinstance(text, str) and text else None
+
+
+# Both run a dozen regexes over a text that recurs on every call (a product name, a note's sentence): kept.
+@functools.lru_cache(maxsize=8192)
+def _route_of_text(text: str) -> str | None:
     for tier in _TIERS:
         for pattern, route in tier:
             if pattern.search(text):
@@ -96,11 +107,8 @@ def route_of_text(text: str | None) -> str | None:
     return None
 
 
-def route_of_sentence(text: str | None) -> str | None:
-    """The route a note's sentence gives, only when it names one route group alone ("diclofenac gel on the
-    knee"); "ibuprofen tablets and a diclofenac gel" names two and stays unknown (systemic)."""
-    if not isinstance(text, str) or not text:
-        return None
+@functools.lru_cache(maxsize=8192)
+def _route_of_sentence(text: str) -> str | None:
     found = {route for pattern, route in _COMPILED if pattern.search(text)}
     return found.pop() if len(found) == 1 else None
 
