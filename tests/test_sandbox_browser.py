@@ -116,14 +116,32 @@ def _use_services(driver, base: str, discovery_url: str, expect: str) -> None:
     _wait(driver, lambda d: expect in _css(d, "#services-summary")[0].text)
 
 
+def _wait_clicked(driver, selector: str, text: str, seconds: float = 30) -> None:
+    """Click the first element matching `selector` whose text holds `text`, once there. The picker may
+    re-render its list for a later keystroke's search between finding a button and clicking it (a stale
+    element): then it is looked up again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def clicked(d) -> bool:
+        button = next((b for b in _css(d, selector) if text in b.text), None)
+        if button is None:
+            return False
+        button.click()
+        return True
+
+    WebDriverWait(
+        driver, seconds, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(clicked)
+
+
 def _sign(driver, query: str, choose: str) -> None:
     search = _css(driver, "#med-search")[0]
     search.clear()
     for ch in query:  # typed as a person types, past the picker's debounce
         search.send_keys(ch)
         time.sleep(0.05)
-    _wait(driver, lambda d: any(choose in b.text for b in _css(d, "#med-results button[data-code]")))
-    next(b for b in _css(driver, "#med-results button[data-code]") if choose in b.text).click()
+    _wait_clicked(driver, "#med-results button[data-code]", choose)
     _css(driver, "#add-order")[0].click()
     _wait(driver, lambda d: _css(d, "#draft-orders li[data-draft-id]"))
     _css(driver, "#sign-orders")[0].click()
