@@ -123,6 +123,21 @@ def _outcome_id(conn, decision_id: str, rule_id: str) -> int:
     ).scalar_one()
 
 
+def _forge_outcome(conn, decision_id: str, rule_id: str, outcome: str) -> int:
+    conn.execute(
+        insert(rule_outcomes).values(
+            decision_id=decision_id,
+            recorded_at="2026-11-26T10:00:00.000000Z",
+            rule_id=rule_id,
+            rule_version="1.0.0",
+            rule_status="active",
+            outcome=outcome,
+            cards_shown=0,
+        )
+    )
+    return _outcome_id(conn, decision_id, rule_id)
+
+
 def _tamper(conn, case: str, ctx: dict) -> tuple[str, str]:
     """Change the database as an attacker would; return (table, text naming the row) verify must report."""
     d, c, k = ctx["decisions"], ctx["cards"], ctx["llm"]
@@ -160,34 +175,12 @@ def _tamper(conn, case: str, ctx: dict) -> tuple[str, str]:
         conn.execute(update(rule_outcomes).where(rule_outcomes.c.id == row_id).values(outcome="not-fired"))
         return "rule_outcomes", f"id {row_id}"
     if case == "rule_outcomes-insert":
-        conn.execute(
-            insert(rule_outcomes).values(
-                decision_id=d[0],
-                recorded_at="2026-11-26T10:00:00.000000Z",
-                rule_id="forged",
-                rule_version="1.0.0",
-                rule_status="active",
-                outcome="fired",
-                cards_shown=0,
-            )
-        )
-        return "rule_outcomes", f"id {_outcome_id(conn, d[0], 'forged')}"
+        return "rule_outcomes", f"id {_forge_outcome(conn, d[0], 'forged', 'fired')}"
     if case == "rule_outcomes-delete":
         conn.execute(delete(rule_outcomes).where(rule_outcomes.c.id == _outcome_id(conn, d[2], "ddi-a")))
         return "rule_outcomes", f"decision {d[2]}, rule ddi-a"
     if case == "rule_outcomes-insert-not-fired":  # rules that did not fire have no row: one is forged
-        conn.execute(
-            insert(rule_outcomes).values(
-                decision_id=d[1],
-                recorded_at="2026-11-26T10:00:00.000000Z",
-                rule_id="dup",
-                rule_version="1.0.0",
-                rule_status="active",
-                outcome="not-fired",
-                cards_shown=0,
-            )
-        )
-        return "rule_outcomes", f"id {_outcome_id(conn, d[1], 'dup')}"
+        return "rule_outcomes", f"id {_forge_outcome(conn, d[1], 'dup', 'not-fired')}"
     set_id = conn.execute(select(decisions.c.rule_set).where(decisions.c.seq == 1)).scalar_one()
     if case == "rule_sets-edit":  # count the evaluations of "dup" under another version
         conn.execute(update(rule_sets).where(rule_sets.c.rule_id == "dup").values(rule_version="9.9.9"))

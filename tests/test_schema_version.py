@@ -8,7 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from test_decision_log import _fake_record
 
 from cds_service.audit import schema_version
@@ -34,20 +34,8 @@ class _LegacyRecord(DecisionRecord):
     def columns(self) -> dict:
         return {k: v for k, v in super().columns().items() if k not in self.lacks}
 
-    def outcome_rows(self) -> list[dict]:
-        d = self.data
-        return [
-            {
-                "decision_id": d["id"],
-                "recorded_at": d["recordedAt"],
-                "rule_id": r["id"],
-                "rule_version": r["version"],
-                "rule_status": r["status"],
-                "outcome": r["outcome"],
-                "cards_shown": len(r.get("cards") or []),
-            }
-            for r in d.get("rules") or []
-        ]
+    def outcome_rows(self, *, include_not_fired: bool = True) -> list[dict]:
+        return super().outcome_rows(include_not_fired=include_not_fired)
 
     def rule_set(self):
         return None, []
@@ -152,6 +140,12 @@ def test_upgrading_to_rule_sets_keeps_every_count_and_record(tmp_path):
         outcomes = conn.execute(text("SELECT count(*) FROM rule_outcomes")).scalar_one()
         sets = conn.execute(text("SELECT count(DISTINCT rule_set) FROM decisions")).scalar_one()
     assert outcomes == 3 + 1 and sets == 2  # fired and skipped only; two rulebook versions
+    with engine.begin() as conn:  # downgrade derives the not-fired rows back from the records
+        schema_version.command.downgrade(schema_version._config(conn), "0002")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM rule_outcomes")).scalar_one() == 24
+        assert "rule_set" not in {c["name"] for c in inspect(conn).get_columns("decisions")}
+    assert upgrade(engine) == ("0002", head_revision())
     log = DecisionLog(engine)
     assert log.verify().ok
     log.append(_with_rules(_fake_record(8), 8))

@@ -38,7 +38,7 @@ from .chain import (
     stored_head,
 )
 from .record import DecisionRecord, rule_set_id
-from .storage import cards, decisions, rule_outcomes, rule_sets
+from .storage import cards, decisions, rule_outcomes, rule_set_members
 
 
 @dataclass
@@ -193,20 +193,11 @@ def _verify_decisions(conn: Connection, batch: int, found: _Findings, counts: di
 
 def _check_rule_sets(conn: Connection, named: set[str], found: _Findings) -> None:
     """Every rule set the decisions name: its members still hash to its id (one set per rulebook version)."""
-    ids = sorted(named)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        members: dict[str, list[tuple[str, str, str]]] = {set_id: [] for set_id in chunk}
-        query = select(
-            rule_sets.c.set_id, rule_sets.c.rule_id, rule_sets.c.rule_version, rule_sets.c.rule_status
-        ).where(rule_sets.c.set_id.in_(chunk))
-        for set_id, rule_id, version, status in conn.execute(query):
-            members[set_id].append((rule_id, version, status))
-        for set_id, rules in members.items():
-            if not rules:
-                found.add("rule_sets", f"set_id {set_id}", "missing: decisions name this set of rules")
-            elif rule_set_id(rules) != set_id:
-                found.add("rule_sets", f"set_id {set_id}", "edited: its members do not hash to its id")
+    for set_id, rules in rule_set_members(conn, named).items():
+        if not rules:
+            found.add("rule_sets", f"set_id {set_id}", "missing: decisions name this set of rules")
+        elif rule_set_id(rules) != set_id:
+            found.add("rule_sets", f"set_id {set_id}", "edited: its members do not hash to its id")
 
 
 def _check_decision(row, expected_prev: str, expected_seq: int) -> tuple[str | None, dict | None]:

@@ -26,7 +26,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection, Engine, Row
 
-from .storage import decisions, feedback, rule_outcomes, rule_sets
+from .storage import decisions, feedback, rule_outcomes, rule_set_members
 
 # Review thresholds (documented in the report itself).
 OVERRIDE_REVIEW_RATE = 0.80
@@ -174,14 +174,9 @@ def _evaluations(conn: Connection, since: str | None) -> Counter:
     counted = select(decisions.c.rule_set, func.count()).where(*where).group_by(decisions.c.rule_set)
     per_set = {set_id: n for set_id, n in conn.execute(counted)}
     out: Counter = Counter()
-    ids = sorted(per_set)
-    for start in range(0, len(ids), DECISIONS_PER_QUERY):
-        chunk = ids[start : start + DECISIONS_PER_QUERY]
-        members = select(
-            rule_sets.c.set_id, rule_sets.c.rule_id, rule_sets.c.rule_version, rule_sets.c.rule_status
-        ).where(rule_sets.c.set_id.in_(chunk))
-        for set_id, rule_id, version, status in conn.execute(members):
-            out[(rule_id, version, status)] += per_set[set_id]
+    for set_id, members in rule_set_members(conn, per_set).items():
+        for key in members:
+            out[key] += per_set[set_id]
     return out
 
 

@@ -165,10 +165,11 @@ class DecisionRecord:
         members = sorted({(r["id"], r["version"], r["status"]) for r in self.data.get("rules") or []})
         return (rule_set_id(members) if members else None), members
 
-    def outcome_rows(self) -> list[dict]:
+    def outcome_rows(self, *, include_not_fired: bool = False) -> list[dict]:
         """One row per rule evaluated with an outcome other than ``not-fired`` (shadow included): what the
         PDCA report counts besides evaluations (a call evaluates ~40 rules and few fire, so the log
-        writes ~2 rows a call, not ~40; how many times each rule was evaluated is `rule_set`'s)."""
+        writes ~2 rows a call, not ~40; how many times each rule was evaluated is `rule_set`'s).
+        `include_not_fired`: every rule, as the layout before migration 0003 kept them."""
         d = self.data
         return [
             {
@@ -181,7 +182,7 @@ class DecisionRecord:
                 "cards_shown": len(r.get("cards") or []),
             }
             for r in d.get("rules") or []
-            if r["outcome"] != NOT_FIRED
+            if include_not_fired or r["outcome"] != NOT_FIRED
         ]
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    select,
     text,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -120,6 +121,20 @@ rule_sets = Table(
     Column("rule_version", String(32), primary_key=True),
     Column("rule_status", String(16), primary_key=True),
 )
+
+
+def rule_set_members(conn: Connection, set_ids) -> dict[str, list[tuple[str, str, str]]]:
+    """set id -> its (rule id, version, status) members, for each id asked (an id with no rows: [])."""
+    ids = sorted(set_ids)
+    out: dict[str, list[tuple[str, str, str]]] = {set_id: [] for set_id in ids}
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        query = select(
+            rule_sets.c.set_id, rule_sets.c.rule_id, rule_sets.c.rule_version, rule_sets.c.rule_status
+        ).where(rule_sets.c.set_id.in_(ids[start : start + 500]))
+        for set_id, rule_id, version, status in conn.execute(query):
+            out[set_id].append((rule_id, version, status))
+    return out
+
 
 feedback = Table(
     "feedback",

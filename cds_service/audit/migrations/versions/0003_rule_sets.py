@@ -112,19 +112,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     conn = op.get_bind()
     for _, record in _records(conn):
-        rows = [
-            {
-                "decision_id": record.data["id"],
-                "recorded_at": record.data["recordedAt"],
-                "rule_id": r["id"],
-                "rule_version": r["version"],
-                "rule_status": r["status"],
-                "outcome": r["outcome"],
-                "cards_shown": 0,
-            }
-            for r in record.data.get("rules") or []
-            if r.get("outcome") == NOT_FIRED
-        ]
+        every = record.outcome_rows(include_not_fired=True)
+        rows = [row for row in every if row["outcome"] == NOT_FIRED]
         if rows:
             conn.execute(sa.insert(_outcomes), rows)
     with op.batch_alter_table("decisions") as batch_op:
