@@ -194,3 +194,77 @@ def test_a_request_that_waited_for_a_thread_counts_the_wait(tmp_path, fake_fhir)
     timing = dict(part.split(";dur=") for part in second.headers["Server-Timing"].split(", "))
     assert float(timing["receive"]) >= 500, timing  # ~0.9 s queued behind the first call's fetch
     assert float(timing["total"]) > float(timing["receive"])
+
+
+def _connection_owners(master: int, port: int, client_ports: set[int]) -> dict[int, int]:
+    """Which gunicorn worker holds the server side of each client connection: pid -> connections."""
+    import psutil
+
+    owners: dict[int, int] = {}
+    for child in psutil.Process(master).children():
+        if "log_writer" in " ".join(child.cmdline()):
+            continue
+        held = [
+            c
+            for c in child.net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == port and c.raddr and c.raddr.port in client_ports
+        ]
+        owners[child.pid] = len(held)
+    return owners
+
+
+@pytest.mark.slow
+def test_new_connections_go_to_the_worker_holding_fewest(tmp_path):
+    """Kept-alive connections stay with the worker that accepted them; which worker accepts is a race,
+    so without balancing 20 connections split unevenly most of the time (a fair coin gives 10/10 in 18 %
+    of runs). Least-connections accepting (protocol/balancing.py) splits them evenly."""
+    port = free_port()
+    proc = start_serve(port, tmp_path, "--workers", "2", "--threads", "2")
+    base = f"http://127.0.0.1:{port}"
+    sockets: list[socket.socket] = []
+    try:
+        wait_ready(base)
+        request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # served; the connection stays open
+            sockets.append(sock)
+            time.sleep(0.15)  # past RECHECK_S: both workers have looked at the table again
+        owners = _connection_owners(proc.pid, port, {s.getsockname()[1] for s in sockets})
+    finally:
+        for sock in sockets:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert sorted(owners.values()) == [10, 10], owners
+
+
+def test_connection_table_takes_back_a_dead_workers_slot_and_ranks_live_ones():
+    from cds_service.protocol.balancing import ConnectionTable
+
+    def sleeper() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+
+    table = ConnectionTable(slots=3)
+    me, killed, other = table.claim(os.getpid()), sleeper(), sleeper()
+    try:
+        assert (me, table.claim(killed.pid), table.claim(other.pid)) == (0, 1, 2)
+        table.publish(1, 0)
+        table.publish(2, 2)
+        assert not table.may_accept(me, 1)  # a live worker holds none: hold back
+        killed.kill()
+        killed.wait()  # reaped: a SIGKILL left its slot claimed, with its last count
+        assert table.fewest_elsewhere(me) == 2  # the dead worker's 0 no longer counts
+        assert table.may_accept(me, 2)  # as few as the fewest live worker: take it
+        assert not table.may_accept(me, 3)
+        assert table.claim(other.pid) == 2  # a live worker claiming again keeps its slot
+        assert table.claim(os.getppid()) == 1  # a new worker: the dead worker's slot, taken back
+        table.release(1)
+        table.release(2)
+        assert table.fewest_elsewhere(me) is None  # alone
+        assert table.may_accept(me, 50)
+    finally:
+        for proc in (killed, other):
+            proc.kill()
+            proc.wait()

@@ -1,6 +1,7 @@
 """gunicorn, embedded: ``cds-service serve`` runs the app with the production WSGI server.
 
-`CdsThreadWorker` is gunicorn's gthread worker with two changes for hostile clients:
+`CdsThreadWorker` is gunicorn's gthread worker with new connections spread over the workers
+(least connections first, protocol/balancing.py) and two changes for hostile clients:
 - errors gunicorn's own HTTP parser answers before the app sees a request (bad request line, 414,
   431, 417, a bad chunk size) leave as the same FHIR OperationOutcome every other error has, not as
   gunicorn's HTML page;
@@ -23,10 +24,12 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from ..errors import clip
 from . import arrival
+from .balancing import RECHECK_S, ConnectionTable
 
 log = logging.getLogger(__name__)
 
 _read_timeout_s = 10.0  # set by run() before the workers fork; a 5 MB body takes < 1 s on a LAN
+_connections: ConnectionTable | None = None  # made by run() before the workers fork
 _ISSUE_CODES = {
     400: "invalid",
     408: "timeout",
@@ -90,11 +93,44 @@ def _init_with_read_timeout(conn: TConn) -> None:
 
 
 class CdsThreadWorker(ThreadWorker):
+    _slot: int | None = None  # this worker's row in the shared connection table
+    _connection_limit = 1000  # gunicorn's worker_connections
+
     def init_process(self):
         # This worker process only: gunicorn's error writer and the connection set-up.
         util.write_error = write_operation_outcome
         TConn.init = _init_with_read_timeout
-        super().init_process()
+        if _connections is not None:
+            self._slot = _connections.claim(self.pid)
+        super().init_process()  # runs the worker's loop until it stops
+
+    # gthread's loop takes new connections while `nr_conns < worker_connections`, re-read on every turn:
+    # read as a property, the limit also holds a worker back while another live worker holds fewer.
+    @property
+    def worker_connections(self) -> int:
+        limit = self._connection_limit
+        if self._slot is None or not self.alive or self.nr_conns >= limit:
+            return limit
+        return limit if _connections.may_accept(self._slot, self.nr_conns) else self.nr_conns
+
+    @worker_connections.setter
+    def worker_connections(self, value: int) -> None:
+        self._connection_limit = value
+
+    def wait_for_and_dispatch_events(self, timeout):
+        if self._slot is not None and not self._accepting and self.nr_conns < self._connection_limit:
+            timeout = min(timeout, RECHECK_S)  # held back: look again soon, not in a second
+        super().wait_for_and_dispatch_events(timeout)
+
+    def set_accept_enabled(self, enabled):
+        if not enabled and not self.alive:
+            self._leave_table()  # stopping: the others no longer wait for this worker to fill up
+        super().set_accept_enabled(enabled)
+
+    def _leave_table(self) -> None:
+        if self._slot is not None:
+            _connections.release(self._slot)
+            self._slot = None
 
     def enqueue_req(self, conn):
         conn.cds_arrived = time.monotonic()  # a new connection, or a kept-alive one with a request waiting
@@ -106,6 +142,7 @@ class CdsThreadWorker(ThreadWorker):
 
     def run(self):
         super().run()  # returns once the calls in flight are answered
+        self._leave_table()
         # Left in this process's pools is only cache filling (LLM generations queued behind a hung
         # backend, fetches a call gave up on): cancel it, or the interpreter's exit joins those threads
         # and the master kills the worker after graceful_timeout.
@@ -165,8 +202,9 @@ def run(
 ) -> None:
     """`telemetry`: gunicorn options from telemetry/serving.py (metrics hooks, JSON log configuration);
     `content`: hooks, rules and terminology already loaded by the master, shared by the workers."""
-    global _read_timeout_s
+    global _read_timeout_s, _connections
     _read_timeout_s = read_timeout
+    _connections = ConnectionTable()  # in memory the forked workers share
     if content is not None:
         # What the master built stays shared after fork only if the garbage collector leaves its objects'
         # headers alone: freezing moves them out of the collected generations.
