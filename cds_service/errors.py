@@ -137,6 +137,10 @@ class PrefetchUnavailable(CdsError):
 class PayloadTooLarge(CdsError):
     status, code = 413, "too-costly"
 
+    @classmethod
+    def over(cls, limit: int) -> "PayloadTooLarge":
+        return cls(f"request body larger than {limit} bytes (CDS_MAX_REQUEST_BYTES)")
+
 
 class UnsupportedMediaType(CdsError):
     status, code = 415, "not-supported"

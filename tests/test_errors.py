@@ -66,6 +66,34 @@ def test_415_not_json(client):
     )
 
 
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "names"),
+    [
+        ("{not json", "application/json", 400, "not valid JSON"),
+        (b'{"hook": "order-sign", "x": "\xff"}', "application/json", 400, "not UTF-8"),
+        ("[" * 100 + "]" * 100, "application/json", 400, "nested more than"),
+        ("hook=order-sign", "application/x-www-form-urlencoded", 415, "Content-Type"),
+        ("x" * 3000, "application/json", 413, "CDS_MAX_REQUEST_BYTES"),
+    ],
+)
+def test_a_body_that_cannot_be_taken_is_refused_and_recorded(make_app, data, content_type, status, names):
+    """Every call to an existing service leaves a decision record, those refused before their body was
+    read as JSON too: the auditor sees who sent what kind of refusal, and when."""
+    app = make_app(CDS_MAX_REQUEST_BYTES="2000")
+    response = app.test_client().post(SERVICE, data=data, content_type=content_type)
+    body = assert_outcome(response, status)
+    assert names in body["issue"][0]["diagnostics"]
+    record = app.extensions["cds_runtime"].storage.decision_log.get(response.headers["X-Decision-Id"])
+    assert record["service"] == {"id": "medication-order-check"}
+    assert record["response"] == {"status": status}
+    assert record["error"] == body
+    assert record["hook"] == "" and "patient" not in record and record["data"] == []
+
+
+def test_a_body_sent_to_no_service_is_a_404_and_not_read(client):
+    assert_outcome(client.post("/cds-services/nope", data="{not json", content_type="application/json"), 404)
+
+
 def test_unreadable_prefetch_resource_is_set_aside_and_said_not_a_400(app):
     """Lenient with the data: a Patient whose birthDate is no date cannot be read for age; it is set
     aside, the rules reading Patient data are unevaluable, the clinician gets an info card, and the

@@ -124,10 +124,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return outcome_response(
-            PayloadTooLarge(f"request body larger than {limit} bytes (CDS_MAX_REQUEST_BYTES)")
-        )
+        return outcome_response(PayloadTooLarge.over(current_app.config["MAX_CONTENT_LENGTH"]))
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

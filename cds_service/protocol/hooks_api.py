@@ -7,10 +7,10 @@ pipeline do the rest. Nothing clinical here.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import __version__
-from ..errors import CdsError, HttpError, InvalidRequest, UnsupportedMediaType
+from ..errors import CdsError, HttpError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from ..json_input import parse_json
 from ..runtime import Runtime
 from ..telemetry import metrics as telemetry_metrics
@@ -97,7 +97,15 @@ def call_service(service_id: str):
     rt = _runtime()
     registry = _registry(rt)
     client = _authenticate(rt, f"/cds-services/{service_id}")
-    answer = registry.call(service_id, _json_body(), client, arrived=arrived)
+    registry.by_hook(service_id)  # 404 for an unknown service, before its body is read
+    try:
+        body = _json_body()
+    except RequestEntityTooLarge:
+        error = PayloadTooLarge.over(current_app.config["MAX_CONTENT_LENGTH"])
+        registry.refuse(service_id, error, client, arrived=arrived)  # raises it, recorded
+    except CdsError as error:  # not JSON, not sent in time, not a JSON media type: recorded too
+        registry.refuse(service_id, error, client, arrived=arrived)
+    answer = registry.call(service_id, body, client, arrived=arrived)
     response = jsonify(answer.body)
     answer.watch.lap("render")
     response.headers["Server-Timing"] = answer.server_timing()

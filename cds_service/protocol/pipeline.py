@@ -521,10 +521,28 @@ class HookPipeline:
         DecisionRecord.from_call(call)  # built, never appended
         return call.cards
 
+    def refuse(
+        self,
+        service_id: str,
+        candidates: dict[str, ServiceDefinition],
+        error: CdsError,
+        client: ClientIdentity,
+        arrived: float | None = None,
+    ) -> HookAnswer:
+        """A call whose body could not be taken (not JSON, too large, sent too slowly, not a JSON media
+        type): recorded like every other refusal, then raised with its decision id."""
+        call = HookCall.start(service_id, candidates, None, client, arrived=arrived)
+        call.error, call.status = error, error.status
+        return self._conclude(call)
+
     def run(self, call: HookCall) -> HookAnswer:
-        lap = call.watch.lap  # Server-Timing names
         self._stages(call, llm=True)
-        lap("summary")
+        call.watch.lap("summary")
+        return self._conclude(call)
+
+    def _conclude(self, call: HookCall) -> HookAnswer:
+        """Record the call, append it to the decision log, then answer (or raise its error)."""
+        lap = call.watch.lap  # Server-Timing names
         record = DecisionRecord.from_call(call)  # its timingsMs end here
         lap("record")
         self.decision_log.append(record)

@@ -23,6 +23,7 @@ from ..ehr.prefetch import OnUnavailable, PrefetchTemplate
 from ..errors import ContentError, NotFound
 
 if TYPE_CHECKING:
+    from ..errors import CdsError
     from .client_auth import ClientIdentity
     from .pipeline import HookAnswer, HookPipeline
 
@@ -170,3 +171,9 @@ class ServiceRegistry:
         """One lookup, then the pipeline. Every call to an existing service is recorded, 4xx included.
         `arrived`: when the request arrived (time.monotonic()); the budgets count from it."""
         return self.pipeline.call(service_id, self.by_hook(service_id), body, client, today, arrived)
+
+    def refuse(
+        self, service_id: str, error: "CdsError", client: "ClientIdentity", *, arrived: float | None = None
+    ) -> "HookAnswer":
+        """A call to `service_id` whose body could not be taken: recorded, then `error` raised."""
+        return self.pipeline.refuse(service_id, self.by_hook(service_id), error, client, arrived)
