@@ -144,10 +144,32 @@ def test_errors_before_the_app_are_operation_outcomes_and_slow_clients_time_out(
             s.settimeout(10)
             assert _outcome_status(s.recv(65536)) == 408
             s.close()
+        # A client that stalls mid-body: 408 after one read timeout (not a generic 400 after two), and
+        # the refusal is in the decision log like every other.
+        partial = b'{"hook": "order-sign", "hookInstance": "x"'
+        started = time.monotonic()
+        reply = _raw(
+            port,
+            b"POST /cds-services/medication-order-check HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (len(partial) + 40) + partial,
+        )
+        waited = time.monotonic() - started
+        assert _outcome_status(reply) == 408 and b"not sent in time" in reply, reply
+        assert 0.9 < waited < 1.9, waited
+        decision = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in reply.split(b"\r\n")
+            if line.lower().startswith(b"x-decision-id:")
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert "Traceback" not in output, output
+    from cds_service.audit.decision_log import DecisionLog
+    from cds_service.audit.storage import make_engine
+
+    log = DecisionLog(make_engine(f"sqlite:///{tmp_path / 'decision-log.sqlite3'}"), group_commit=False)
+    assert log.get(decision)["response"] == {"status": 408}
 
 
 @pytest.mark.slow

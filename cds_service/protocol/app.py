@@ -30,7 +30,7 @@ from ..runtime import Content, Runtime
 from ..settings import Settings
 from ..telemetry import logs
 from . import rate_limit, security_headers
-from .hooks_api import hooks_api
+from .hooks_api import BODY_UNREADABLE, hooks_api
 from .json_provider import OrjsonProvider
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ def _drain_unread_body(response: Response) -> Response:
     it), within CDS_MAX_REQUEST_BYTES: gunicorn answers keep-alive, then drops a connection whose body
     is left unread, and the client's next request on it fails."""
     length = request.content_length
+    if request.environ.get(BODY_UNREADABLE):  # it stalled or broke off once: no second wait for it
+        return response
     if length and length <= current_app.config["MAX_CONTENT_LENGTH"]:
         try:
             request.get_data(cache=False)  # at once when the body was already read

@@ -7,7 +7,7 @@ pipeline do the rest. Nothing clinical here.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .. import __version__
 from ..errors import CdsError, HttpError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -20,6 +20,7 @@ from .registry import ServiceRegistry
 from .schemas import FeedbackRequestSchema, load_or_400
 
 hooks_api = Blueprint("hooks_api", __name__)
+BODY_UNREADABLE = "cds.body_unreadable"  # environ key: reading the request body failed once
 _feedback_schema = FeedbackRequestSchema()
 
 
@@ -52,14 +53,17 @@ def _json_body():
         )
     try:
         raw = request.get_data(cache=False)  # raises RequestEntityTooLarge over the limit
-    except HTTPException:
+    except RequestEntityTooLarge:
         raise
-    except TimeoutError as exc:  # the client stalled mid-body (wsgi_server's read timeout)
-        raise HttpError(408, "the request body was not sent in time", expression="body") from exc
-    except Exception as exc:  # the server's body reader: a bad chunk size, a broken connection
-        raise InvalidRequest(
-            f"the request body could not be read ({type(exc).__name__})", expression="body"
-        ) from exc
+    except Exception as exc:
+        request.environ[BODY_UNREADABLE] = True
+        # werkzeug reports a failed read of the body as ClientDisconnected, raised while handling
+        # the server's error: a stall past wsgi_server's read timeout is a TimeoutError there.
+        cause = exc.__context__ if isinstance(exc, ClientDisconnected) else exc
+        if isinstance(cause, TimeoutError):
+            raise HttpError(408, "the request body was not sent in time", expression="body") from exc
+        why = "it ended before its Content-Length" if cause is None else type(cause).__name__
+        raise InvalidRequest(f"the request body could not be read ({why})", expression="body") from exc
     return parse_json(raw)
 
 
