@@ -8,14 +8,16 @@ and stopped before the next (never two at once):
   llm    the same with CDS_LLM=embedded, when `cds-service model prepare` has been run (else skipped).
 Workloads, each with a complete prefetch built from a sample chart (fhir/samples) the way the sandbox EHR
 prefetches (every template rendered and searched): order-sign (medication-order-check, draft orders)
-and patient-view (patient-chart-review). Each at 1, 4 and 16 concurrent keep-alive clients for a fixed
-time after a warm-up. The clients run in their own process (benchmarks/load_generator.py, aiohttp).
+and patient-view (patient-chart-review); with `--charts N` one body per sample chart, sent in turn (the
+13 Synthea charts come first, then 24 small hand-made ones). Each at 1, 4 and 16 concurrent keep-alive
+clients for a fixed time after a warm-up. The clients run in their own process
+(benchmarks/load_generator.py, aiohttp).
 
 Prints throughput, p50/p95/p99, the ratio to the floor, the generator's and the server's CPU, peak RSS
 of the master and the workers, and the targets of issue 13 as met / not met.
 
     .venv/bin/python benchmarks/load.py [--duration 10] [--clients 1,4,16] [--workers 1,2] [--threads 4]
-        [--workloads order-sign,patient-view] [--targets floor,rules,llm] [--serve-arg=--preload]
+        [--workloads order-sign,patient-view] [--targets floor,rules,llm] [--charts N] [--serve-arg=--preload]
         [--json out.json]
 
 `--fetch-path` measures the other way data arrive: every service that declares prefetch is called
@@ -384,29 +386,43 @@ def hook_body(service, patient_id: str, today: date, prefetch: dict | None = Non
 
 
 def build_workloads(names: list[str], content: Content, options, workdir: Path) -> dict[str, dict]:
+    """One body per workload and chart: `--patient`'s chart, or with `--charts N` the first N sample
+    charts (0: all), sent in turn so the caches by content hash meet many charts, not one."""
     today = date.today()
     charts = sample_charts(Settings.load({"llm": "off"}).fhir_dir, today)
-    chart = chart_named(charts, options.patient)
+    chosen = (
+        [chart_named(charts, options.patient)] if options.charts is None else charts[: options.charts or None]
+    )
     store = SandboxStore(charts)
     services = {s.id: s for s in content.services}
     workloads = {}
     for name in names:
         service = services[WORKLOADS[name]]
-        context = {"userId": USER, "patientId": chart.patient_id}
-        prefetch, counts = complete_prefetch(service, store, context)
-        body = json.dumps(hook_body(service, chart.patient_id, today, prefetch)).encode()
-        path = workdir / f"{name}.json"
-        path.write_bytes(body)
+        bodies, sizes, counts = [], [], []
+        for chart in chosen:
+            context = {"userId": USER, "patientId": chart.patient_id}
+            prefetch, per_key = complete_prefetch(service, store, context)
+            body = json.dumps(hook_body(service, chart.patient_id, today, prefetch)).encode()
+            path = workdir / f"{name}-{len(bodies)}.json"
+            path.write_bytes(body)
+            bodies.append(path)
+            sizes.append(len(body))
+            counts.append(per_key)
         workloads[name] = {
             "service": service.id,
-            "body": path,
-            "bodyKB": round(len(body) / 1024, 1),
-            "resources": sum(counts.values()),
-            "perKey": counts,
-            "chart": chart.source.rsplit("_", 1)[0] if chart.origin == "synthea" else chart.patient_id,
-            "chartResources": len(chart.resources),
+            "body": bodies[0],
+            "bodies": bodies,
+            "bodyKB": round(sum(sizes) / len(sizes) / 1024, 1),
+            "resources": round(sum(sum(c.values()) for c in counts) / len(counts)),
+            "perKey": counts[0] if len(counts) == 1 else {},
+            "chart": _chart_label(chosen[0]) if len(chosen) == 1 else f"{len(chosen)} sample charts in turn",
+            "chartResources": round(sum(len(c.resources) for c in chosen) / len(chosen)),
         }
     return workloads
+
+
+def _chart_label(chart: SampleChart) -> str:
+    return chart.source.rsplit("_", 1)[0] if chart.origin == "synthea" else chart.patient_id
 
 
 # --- the load run -----------------------------------------------------------------------------------
@@ -445,6 +461,9 @@ def parse_args(argv):
     parser.add_argument("--workloads", type=_name_list, default=list(WORKLOADS))
     parser.add_argument("--targets", type=_name_list, default=list(TARGETS), help="floor,rules,llm")
     parser.add_argument("--patient", default=DEFAULT_PATIENT, help="sample chart the bodies are built from")
+    parser.add_argument(
+        "--charts", type=int, help="instead: the first N sample charts, one body each, sent in turn (0: all)"
+    )
     parser.add_argument("--llm-model-dir", help="prepared OpenVINO model (default: model prepare's)")
     parser.add_argument(
         "--serve-arg", action="append", default=[], help="passed to serve, e.g. --serve-arg=--preload"
@@ -509,9 +528,11 @@ def load_run(options, content: Content, workdir: Path) -> dict:
     workloads = build_workloads(options.workloads, content, options, workdir)
     for name, w in workloads.items():
         keys = ", ".join(f"{k} {n}" for k, n in w["perKey"].items())
+        mean = "" if len(w["bodies"]) == 1 else "mean "
         print(
-            f"workload {name}: POST /cds-services/{w['service']}, {w['bodyKB']} kB; chart {w['chart']} "
-            f"({w['chartResources']} resources), complete prefetch of {w['resources']} resources ({keys})"
+            f"workload {name}: POST /cds-services/{w['service']}, {mean}{w['bodyKB']} kB; chart {w['chart']} "
+            f"({mean}{w['chartResources']} resources), complete prefetch of {mean}{w['resources']} resources"
+            + (f" ({keys})" if keys else "")
         )
     targets = list(options.targets)
     skipped = {}
@@ -598,7 +619,7 @@ def measure_target(kind, workers, threads, workloads, options, workdir, rows, me
                 figures = run_stage(
                     target,
                     path,
-                    [w["body"]],
+                    w["bodies"],
                     clients,
                     workdir,
                     warmup=options.warmup,

@@ -71,6 +71,26 @@ def test_load_benchmark_measures_the_floor_and_the_service(capsys, tmp_path):
     assert json.loads(out.read_text())["rows"] == results["rows"]
 
 
+def test_load_benchmark_can_send_many_charts_in_turn(tmp_path):
+    """`--charts N`: one body per sample chart, each for its own patient with its own prefetch."""
+    from cds_service.runtime import Content
+    from cds_service.settings import Settings
+
+    load = _load("load")
+    options = load.parse_args(["--charts", "3", "--workloads", "order-sign"])
+    content = Content.load(Settings.load({"llm": "off"}))
+    (workload,) = load.build_workloads(options.workloads, content, options, tmp_path).values()
+    bodies = [json.loads(path.read_bytes()) for path in workload["bodies"]]
+    patients = {b["context"]["patientId"] for b in bodies}
+    assert len(bodies) == 3 and len(patients) == 3
+    assert all(b["prefetch"]["patient"]["id"] == b["context"]["patientId"] for b in bodies)
+    assert workload["chart"] == "3 sample charts in turn"
+    single = load.parse_args(["--workloads", "order-sign"])
+    (tmp_path / "one").mkdir()
+    (one,) = load.build_workloads(single.workloads, content, single, tmp_path / "one").values()
+    assert len(one["bodies"]) == 1 and one["chart"] == load.DEFAULT_PATIENT
+
+
 @pytest.mark.slow
 def test_load_benchmark_fetch_path_times_every_service_and_query(capsys):
     load = _load("load")
