@@ -583,10 +583,11 @@ def test_a_defect_reading_an_answer_is_the_policy_answer_not_a_500(make_app, fak
     assert "something nobody foresaw" not in caplog.text  # the message may quote the answer: not logged
 
 
-@pytest.mark.parametrize("waited_s", [0.0, 0.75])
+@pytest.mark.parametrize("waited_s", [0.0, 1.75])
 def test_the_fhir_deadline_counts_from_the_requests_arrival(make_app, fake_fhir, waited_s):
     """A request that waited (for a thread, for its body) has that much less of its FHIR deadline: the
-    EHR's clock started when it sent the request. Conditions answer in 0.4 s of a 1 s deadline."""
+    EHR's clock started when it sent the request. Conditions answer in 0.4 s of a 2 s deadline (wide:
+    with 1 s, a busy CI machine once took the other 0.6 s)."""
     from cds_service.protocol import arrival
 
     resources, _ = CaseBuilder(date.today()).build({"medications": ["Warfarin Sodium 5 MG Oral Tablet"]})
@@ -595,7 +596,7 @@ def test_the_fhir_deadline_counts_from_the_requests_arrival(make_app, fake_fhir,
     fake_fhir.routes[f"Condition?subject=Patient/{PATIENT_ID}&_count=200"] = Reply(
         200, searchset([]), delay=0.4
     )
-    app = make_app(CDS_FHIR_ALLOWED_SERVERS=fake_fhir.base_url, CDS_FHIR_DEADLINE_MS=1000)
+    app = make_app(CDS_FHIR_ALLOWED_SERVERS=fake_fhir.base_url, CDS_FHIR_DEADLINE_MS=2000)
     body = builders.order_sign(
         {"draftOrders": ["Ibuprofen 400 MG Oral Tablet"]},
         prefetch_keys=("labs", "medications"),
@@ -611,4 +612,4 @@ def test_the_fhir_deadline_counts_from_the_requests_arrival(make_app, fake_fhir,
     assert float(timing["receive"]) >= waited_s * 1000
     assert float(timing["total"]) >= float(timing["receive"])
     problem = data_item(decision(app, response), "conditions").get("problem") or ""
-    assert ("deadline of 1000 ms" in problem) == (waited_s > 0), problem
+    assert ("deadline of 2000 ms" in problem) == (waited_s > 0), problem
