@@ -19,7 +19,7 @@ import ctypes
 import multiprocessing
 import os
 
-SLOTS = 256  # workers per master that take part; more are served, they just always accept
+SLOTS = 64  # workers per master that take part (more are served; they always accept): read on every loop turn
 RECHECK_S = 0.05  # how soon a worker holding back re-reads the table when nothing else wakes it
 
 
