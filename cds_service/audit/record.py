@@ -33,6 +33,7 @@ CHART_SUMMARY_VERSION = "1"
 class DecisionRecord:
     def __init__(self, data: dict[str, Any]):
         self.data = data
+        self._rule_set: tuple[str | None, list[tuple[str, str, str]]] | None = None
 
     @property
     def id(self) -> str:
@@ -162,8 +163,10 @@ class DecisionRecord:
         of that set (`rule_set_id`). The PDCA report counts a rule's evaluations from it: one `rule_sets`
         row per rule per distinct set, instead of a `rule_outcomes` row per rule per call. (None, []) when
         no rule was evaluated (a refused call)."""
-        members = sorted({(r["id"], r["version"], r["status"]) for r in self.data.get("rules") or []})
-        return (rule_set_id(members) if members else None), members
+        if self._rule_set is None:  # asked for the column and for the members: derived once
+            members = sorted({(r["id"], r["version"], r["status"]) for r in self.data.get("rules") or []})
+            self._rule_set = (rule_set_id(members) if members else None), members
+        return self._rule_set
 
     def outcome_rows(self, *, include_not_fired: bool = False) -> list[dict]:
         """One row per rule evaluated with an outcome other than ``not-fired`` (shadow included): what the
